@@ -1,0 +1,86 @@
+"""The one error hierarchy of npu_pipeline.
+
+Every error the library raises on purpose derives from :class:`NpuPipelineError`,
+so ``except npu_pipeline.NpuPipelineError`` catches all of them. Each also derives
+from the built-in exception a Python programmer would expect (``ValueError`` for
+a bad value, ``TypeError`` for a bad dtype, ``RuntimeError`` for a device fault),
+so generic handlers keep working.
+
+Every message says three things: what was wrong, what is accepted, and what to
+do about it. Build messages with :func:`explain` to keep that shape.
+"""
+
+from __future__ import annotations
+
+
+def explain(what: str, expected: str, fix: str) -> str:
+    """Format an error message as 'what was wrong; what is accepted; what to do'."""
+    return f"{what}; expected {expected}. {fix}"
+
+
+class NpuPipelineError(Exception):
+    """Root of every error raised by npu_pipeline."""
+
+
+class ShapeError(NpuPipelineError, ValueError):
+    """An array has the wrong rank or size, or two shapes do not fit together."""
+
+
+class DTypeError(NpuPipelineError, TypeError):
+    """An array has a dtype the operation does not accept."""
+
+
+class QuantizationError(NpuPipelineError, ValueError):
+    """Float data cannot be quantised (non-finite values, bad scales)."""
+
+
+class ContractError(NpuPipelineError, ValueError):
+    """A kernel contract (``kernel.json``) is missing, malformed or inconsistent."""
+
+
+class PlanError(NpuPipelineError, ValueError):
+    """No batch plan satisfies the constraints (memory budget, block limits, watchdog)."""
+
+
+class DeviceError(NpuPipelineError, RuntimeError):
+    """A run on the device did not complete, or the device could not be used.
+
+    Attributes:
+        state: name of the run state the device reported (for example
+            ``"ERT_CMD_STATE_ERROR"``), or ``None`` when no run was involved.
+        batch: index of the batch the failed run belonged to, or ``None``.
+        request: id of the request the batch belonged to, or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        state: str | None = None,
+        batch: int | None = None,
+        request: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.state = state
+        self.batch = batch
+        self.request = request
+
+
+class DriverRuleError(NpuPipelineError, RuntimeError):
+    """The (emulated) XRT driver refused a call that breaks one of its rules.
+
+    Real pyxrt raises ``RuntimeError`` in these cases; this class derives from
+    it so host code written for real pyxrt handles both the same way.
+    """
+
+
+class BufferHazardError(DriverRuleError):
+    """A buffer was written, synced or mapped while a run that uses it was in flight.
+
+    On hardware this silently corrupts the run's data (the earlier per-tile
+    project shipped exactly this bug); the emulator refuses it instead.
+    """
+
+
+class PipelineClosedError(NpuPipelineError, RuntimeError):
+    """A request was made to, or was still in, a pipeline that has been closed."""

@@ -1,0 +1,43 @@
+"""Shared test set-up.
+
+- Async tests use anyio's pytest plugin: mark them ``@pytest.mark.anyio`` and
+  they run once on asyncio and once on trio (the ``anyio_backend`` fixture).
+  pytest-asyncio stays in strict mode, so it touches only tests marked
+  ``@pytest.mark.asyncio``; neither plugin's auto mode is on.
+- Hypothesis: no per-example deadline (numba and BLAS timings vary on shared
+  machines); example counts kept modest so the whole suite stays fast on CI.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("default")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    """Run every ``@pytest.mark.anyio`` test on both backends."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    """A seeded generator, so a failure reproduces."""
+    return np.random.default_rng(20261124)
+
+
+def random_int8(rng, shape):
+    """Uniform int8 over the whole range, including -128."""
+    return rng.integers(-128, 128, size=shape, dtype=np.int8)
+
+
+def exact(a, b):
+    """The reference every matmul test compares against."""
+    return a.astype(np.int64) @ b.astype(np.int64)
