@@ -194,11 +194,14 @@ class KernelContract:
     def check_block(self, block: tuple[int, int, int], generation: str) -> None:
         """Raise :class:`ContractError` unless ``block`` is a legal padded block shape."""
         spec = self.target(generation)
-        for axis, size, step, limit in zip("mkn", block, spec.micro_tile, spec.max_block):
+        for axis, size, step, limit in zip(
+            "mkn", block, spec.micro_tile, spec.max_block, strict=True
+        ):
             if size < step or size % step or size > limit:
                 raise ContractError(
                     explain(
-                        f"block {axis}={size} is illegal for contract {self.name!r} on {generation}",
+                        f"block {axis}={size} is illegal for contract {self.name!r} "
+                        f"on {generation}",
                         f"a multiple of {step} between {step} and {limit}",
                         "Round the block up to the granularity, or split it.",
                     )
@@ -257,7 +260,7 @@ def _require(raw: dict[str, Any], field: str, kind: type | tuple[type, ...], whe
         )
     value = raw[field]
     # bool is an int in Python; a contract never means True when it says 1.
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise ContractError(
             explain(
                 f"{where}: field {field!r} is {value!r} ({type(value).__name__})",
@@ -323,7 +326,9 @@ def _parse_target(raw: Any, where: str) -> TargetSpec:
         core_tile=_shape(raw, "core_tile", where),
         max_block=_shape(raw, "max_block", where),
     )
-    for axis, micro, core, big in zip("mkn", spec.micro_tile, spec.core_tile, spec.max_block):
+    for axis, micro, core, big in zip(
+        "mkn", spec.micro_tile, spec.core_tile, spec.max_block, strict=True
+    ):
         if core % micro or big % micro:
             raise ContractError(
                 explain(
@@ -475,7 +480,7 @@ def available_contracts() -> list[str]:
     return sorted(p.parent.name for p in root.glob("*/kernel.json"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_contract(name_or_path: str | Path) -> KernelContract:
     """Load and validate a contract by shipped name (``"gemm_i8_i32"``) or by path.
 

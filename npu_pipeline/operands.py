@@ -112,9 +112,7 @@ def check_out(out: object, shape: tuple[int, int], dtype: np.dtype, *inputs: np.
             explain(f"out has shape {out.shape}", f"shape {shape}", "Allocate it with that shape.")
         )
     if not out.flags.writeable:
-        raise ShapeError(
-            explain("out is read-only", "a writeable array", "Pass a writeable copy.")
-        )
+        raise ShapeError(explain("out is read-only", "a writeable array", "Pass a writeable copy."))
     if any(np.shares_memory(out, x) for x in inputs):
         raise ShapeError(
             explain(

@@ -82,7 +82,8 @@ class Section:
             sign = ">=" if g.higher_is_better else "<="
             verdict = "met" if g.met else "NOT MET"
             lines.append(
-                f"  goal: {g.name:<{width - 6}}  {g.measured:>12.4g} {sign} {g.target:<6g} {verdict}"
+                f"  goal: {g.name:<{width - 6}}  {g.measured:>12.4g} {sign} {g.target:<6g} "
+                f"{verdict}"
             )
         return "\n".join(lines)
 
