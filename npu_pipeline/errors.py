@@ -82,5 +82,9 @@ class BufferHazardError(DriverRuleError):
     """
 
 
+class TimelineError(NpuPipelineError, ValueError):
+    """A span or a timing figure is invalid (unknown stage, end before start, negative time)."""
+
+
 class PipelineClosedError(NpuPipelineError, RuntimeError):
     """A request was made to, or was still in, a pipeline that has been closed."""
