@@ -71,13 +71,19 @@ class TargetSpec:
     product.
 
     Attributes:
-        micro_tile: the int8 ``aie::mmul`` micro-tile (r, s, t); block
-            dimensions must be multiples of it (its granularity).
+        block_granularity: block dimensions must be multiples of this. For
+            the whole-array GEMM design it is coarser than the micro-tile: M
+            steps by 4 core rows x core tile m (each column's memory tile joins
+            its 4 rows' outputs), N by columns x core tile n (every column
+            gets the same rows of A). See kernels/gemm_i8_i32/README.md.
+        micro_tile: the int8 ``aie::mmul`` micro-tile (r, s, t): the tile
+            shape of the ``tile_major`` layout.
         core_tile: the per-core tile the build was compiled for; its
             double-buffered operands must fit a core's 64 KB data memory.
         max_block: the largest block one invocation accepts.
     """
 
+    block_granularity: tuple[int, int, int]
     micro_tile: tuple[int, int, int]
     core_tile: tuple[int, int, int]
     max_block: tuple[int, int, int]
@@ -195,7 +201,7 @@ class KernelContract:
         """Raise :class:`ContractError` unless ``block`` is a legal padded block shape."""
         spec = self.target(generation)
         for axis, size, step, limit in zip(
-            "mkn", block, spec.micro_tile, spec.max_block, strict=True
+            "mkn", block, spec.block_granularity, spec.max_block, strict=True
         ):
             if size < step or size % step or size > limit:
                 raise ContractError(
@@ -322,19 +328,21 @@ def _parse_target(raw: Any, where: str) -> TargetSpec:
     if not isinstance(raw, dict):
         raise ContractError(explain(f"{where} is {raw!r}", "an object", "Fix kernel.json."))
     spec = TargetSpec(
+        block_granularity=_shape(raw, "block_granularity", where),
         micro_tile=_shape(raw, "micro_tile", where),
         core_tile=_shape(raw, "core_tile", where),
         max_block=_shape(raw, "max_block", where),
     )
-    for axis, micro, core, big in zip(
-        "mkn", spec.micro_tile, spec.core_tile, spec.max_block, strict=True
+    for axis, step, micro, core, big in zip(
+        "mkn", spec.block_granularity, spec.micro_tile, spec.core_tile, spec.max_block, strict=True
     ):
-        if core % micro or big % micro:
+        if core % micro or step % micro or big % step:
             raise ContractError(
                 explain(
-                    f"{where}: core_tile/max_block {axis} ({core}/{big}) is not a multiple "
-                    f"of micro_tile {axis} ({micro})",
-                    "core_tile and max_block on the micro-tile grid",
+                    f"{where}: {axis}: core_tile {core}, block_granularity {step} or "
+                    f"max_block {big} is off the grid (micro_tile {micro})",
+                    "core_tile and block_granularity multiples of micro_tile, and "
+                    "max_block a multiple of block_granularity",
                     "Fix the shapes in kernel.json.",
                 )
             )

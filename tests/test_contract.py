@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from npu_pipeline.reference import Rounding, Saturation
 
 
 def raw(name="gemm_i8_i32"):
-    return json.loads(open(load_contract(name).source).read())
+    return json.loads(Path(load_contract(name).source).read_text())
 
 
 def test_shipped_contracts_load():
@@ -34,6 +35,7 @@ def test_shipped_contracts_load():
         ("c", 5, "int32"),
     ]
     assert gemm.target("npu1").micro_tile == (4, 8, 8)
+    assert gemm.target("npu1").block_granularity == (256, 64, 256)
     assert gemm.target("npu2").micro_tile == (8, 8, 8)
     assert gemm.run_buffer_bytes((64, 32, 16)) == {"a": 64 * 32, "b": 32 * 16, "c": 64 * 16 * 4}
     legacy = load_contract("tile16_legacy")
@@ -47,7 +49,7 @@ def test_load_by_path_and_folder(tmp_path):
     source = load_contract("gemm_i8_i32").source
     folder = tmp_path / "mybuild"
     folder.mkdir()
-    (folder / "kernel.json").write_text(open(source).read())
+    (folder / "kernel.json").write_text(Path(source).read_text())
     assert load_contract(str(folder)).name == "gemm_i8_i32"
     assert load_contract(str(folder / "kernel.json")).layout == "row_major"
 
@@ -76,7 +78,8 @@ def test_missing_field_is_named(field):
         (("buffers", 1, "group_id"), 3, "group ids .* repeat"),
         (("output", "rounding"), "nearest", "output"),
         (("targets", "npu1", "micro_tile"), [4, 8], "micro_tile"),
-        (("targets", "npu1", "max_block"), [2048, 4096, 2047], "not a multiple"),
+        (("targets", "npu1", "max_block"), [2048, 4096, 2047], "off the grid"),
+        (("targets", "npu1", "block_granularity"), [256, 60, 256], "off the grid"),
         (("targets", "npu1", "core_tile"), [128, 128, 64], "core data memory"),
         (("targets", "npu1", "max_block"), [8192, 4096, 2048], "row repeats"),
         (("arguments",), ["opcode", "instr", "a", "b", "c"], "'arguments'"),
@@ -101,16 +104,16 @@ def test_core_memory_rule_matches_npu_facts():
 
 def test_check_block():
     gemm = load_contract("gemm_i8_i32")
-    gemm.check_block((4, 8, 8), "npu1")
-    gemm.check_block((1500, 512, 2048), "npu1")
-    with pytest.raises(ContractError, match="multiple of 4"):
-        gemm.check_block((6, 8, 8), "npu1")
-    with pytest.raises(ContractError, match="multiple of 8"):
-        gemm.check_block((4, 8, 8), "npu2")
-    with pytest.raises(ContractError, match="between 8 and 2048"):
-        gemm.check_block((4, 8, 4096), "npu1")
+    gemm.check_block((256, 64, 256), "npu1")
+    gemm.check_block((1536, 512, 2048), "npu1")
+    with pytest.raises(ContractError, match="multiple of 256"):
+        gemm.check_block((1500, 512, 2048), "npu1")
+    with pytest.raises(ContractError, match="multiple of 512"):
+        gemm.check_block((256, 64, 256), "npu2")
+    with pytest.raises(ContractError, match="between 256 and 2048"):
+        gemm.check_block((256, 64, 4096), "npu1")
     with pytest.raises(ContractError, match="no build for NPU generation 'npu9'"):
-        gemm.check_block((4, 8, 8), "npu9")
+        gemm.check_block((256, 64, 256), "npu9")
 
 
 def test_wheel_ships_contracts(tmp_path):
