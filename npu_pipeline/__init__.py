@@ -16,26 +16,48 @@ from npu_pipeline.errors import (
     PlanError,
     QuantizationError,
     ShapeError,
+    TimelineError,
 )
+from npu_pipeline.pipeline import Pipeline, open_pipeline
+from npu_pipeline.planner import Batch, Estimate, Plan, plan_batches
+from npu_pipeline.profiles import DeviceProfile, get_profile
+from npu_pipeline.quant import QuantizedTensor, dequantize, dequantize_matmul, quantize_symmetric
 from npu_pipeline.reference import Rounding, Saturation
+from npu_pipeline.timeline import Span, Timeline, TimelineSummary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Batch",
     "BufferHazardError",
     "ContractError",
     "DTypeError",
     "DeviceError",
+    "DeviceProfile",
     "DriverRuleError",
+    "Estimate",
     "KernelContract",
     "NpuPipelineError",
+    "Pipeline",
     "PipelineClosedError",
+    "Plan",
     "PlanError",
     "QuantizationError",
+    "QuantizedTensor",
     "Rounding",
     "Saturation",
     "ShapeError",
+    "Span",
+    "Timeline",
+    "TimelineError",
+    "TimelineSummary",
     "__version__",
     "available_contracts",
+    "dequantize",
+    "dequantize_matmul",
+    "get_profile",
     "load_contract",
+    "open_pipeline",
+    "plan_batches",
+    "quantize_symmetric",
 ]

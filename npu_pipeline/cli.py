@@ -12,6 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+import anyio
+import numpy as np
+
 #: ``npu-pipeline bench <section>``: module under npu_pipeline.benchmarks with ``run(quick)``.
 BENCH_SECTIONS = ("packing", "emulator", "pipeline")
 
@@ -49,15 +52,90 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from npu_pipeline.demo import main as demo_main
+def exact_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact int8 product via float64 BLAS, fast enough to check large results.
 
-    return demo_main(args)
+    Exact because every partial sum is an integer of magnitude at most
+    K * 2**14 <= 2**31, far inside float64's 53-bit mantissa.
+    """
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+
+
+async def _run_matmul(args: argparse.Namespace) -> int:
+    from npu_pipeline.pipeline import open_pipeline
+    from npu_pipeline.profiles import get_profile
+
+    m, k, n = args.M, args.K, args.N
+    rng = np.random.default_rng(args.seed)
+    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+    profile = args.profile
+    if args.slowdown:
+        profile = get_profile(profile or "npu1").slowed(args.slowdown)
+    async with open_pipeline(
+        device=args.device,
+        kernel=args.kernel,
+        profile=profile,
+        slots=args.slots,
+        timed=bool(args.slowdown),
+    ) as pipe:
+        print(f"device: {pipe.device_info}")
+        plan = pipe.plan(m, k, n)
+        print(plan.explain(), end="\n\n")
+        pipe.timeline.clear()
+        c = await pipe.matmul(a, b)
+        timeline = pipe.timeline
+    if pipe.contract.semantic == "tile_pair":
+        from npu_pipeline.reference import seed_wrapper_matmul
+
+        ok = np.array_equal(c, seed_wrapper_matmul(a, b))
+        print(f"result equals the seed wrapper's semantic: {ok}")
+    else:
+        ok = np.array_equal(c, exact_product(a, b))
+        print(f"result exact (equals A @ B in int64): {ok}")
+    print(timeline.report())
+    print(timeline.compare_with_prediction(plan.estimate.wall_s, plan.estimate.busy_s).format())
+    if args.trace:
+        print(f"trace written to {timeline.to_chrome_trace(args.trace)} (open in ui.perfetto.dev)")
+    if args.plot:
+        print(f"Gantt chart written to {timeline.plot(args.plot)}")
+    return 0 if ok else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return anyio.run(_run_matmul, args, backend=args.backend)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from npu_pipeline.planner import plan_batches
+
+    print("1. What the planner predicts on a real Phoenix NPU (npu1; MODELLED, not measured):\n")
+    print(plan_batches(args.M, args.K, args.N, profile="npu1").explain(), end="\n\n")
+    print("2. The same matmul run on the emulated NPU of this machine, verified exactly:\n")
+    return _cmd_run(args)
 
 
 def _add_shape(parser: argparse.ArgumentParser) -> None:
     for name in ("M", "K", "N"):
         parser.add_argument(name, type=int, help=f"matrix dimension {name} (>= 1)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "emulator", "xrt"))
+    parser.add_argument("--kernel", default="gemm_i8_i32", help="kernel contract name or path")
+    parser.add_argument("--profile", default=None, help="npu1, npu2 or cpu (default: by device)")
+    parser.add_argument("--slots", type=int, default=None, help="BO slots, 1..4")
+    parser.add_argument(
+        "--slowdown",
+        type=float,
+        default=None,
+        help="emulator only: time runs by the profile's NPU model slowed by this factor "
+        "(MODELLED timings; e.g. 20 with --profile npu1)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed for A and B")
+    parser.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace here")
+    parser.add_argument("--plot", default=None, help="write a Gantt chart PNG here (needs [plot])")
+    parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,8 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller shapes")
     bench.set_defaults(func=_cmd_bench)
 
-    demo = sub.add_parser("demo", help="plan, run and verify a Whisper-shaped matmul")
-    demo.set_defaults(func=_cmd_demo)
+    run = sub.add_parser("run", help="one random int8 matmul, verified, with its overlap report")
+    _add_shape(run)
+    _add_run_options(run)
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser(
+        "demo", help="plan and run a Whisper-base FC1 matmul (1500x512 @ 512x2048), verified"
+    )
+    demo.set_defaults(func=_cmd_demo, M=1500, K=512, N=2048)
+    _add_run_options(demo)
     return parser
 
 

@@ -1,0 +1,225 @@
+"""Calibrate the ``cpu`` profile's host rates on the machine in use.
+
+The emulated NPU runs on this host, so its speeds are this host's: how fast
+numba packs int8 blocks into a slot, how fast it folds int32 partials into C,
+and how fast the emulator's exact block product runs
+(``npu_pipeline.emulator._compute.exact_product``: float32 BLAS over K chunks
+of at most 1024, exact for int8 data). A short
+measurement (well under 3 s once packing's kernels are compiled) finds them;
+the result is cached on disk under ``$XDG_CACHE_HOME/npu_pipeline/`` (default
+``~/.cache``), keyed by host name, CPU count and library versions, so it runs
+once per machine and install.
+
+The measurement is a median over repeats, but a machine busy with other work
+measures slow and the cache keeps that: ``NPU_PIPELINE_CALIBRATION=refresh``
+measures again and replaces the cached figures (once per process).
+
+Set ``NPU_PIPELINE_CALIBRATION=off`` (or ``0``, ``false``, ``no``) to skip it
+and use the documented defaults (:data:`npu_pipeline.profiles.CPU_DEFAULTS`):
+tests do, so their plans are the same on every machine. If the packing
+kernels cannot be imported or called, the defaults are used too and the
+profile's sources say why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from npu_pipeline.benchmarks import median_seconds
+from npu_pipeline.profiles import CPU, DeviceProfile
+
+#: Environment variable that turns calibration off.
+ENV_VAR = "NPU_PIPELINE_CALIBRATION"
+_OFF = ("off", "0", "false", "no")
+
+# Measurement sizes: slots of 4 MiB, like the planner's blocks and larger than
+# most L2 caches, so the rates are memory rates; small enough for the whole
+# calibration to stay well under 3 s.
+_PACK_SHAPE = (2000, 2000)  # ragged on purpose: packing pads to the block
+_PACK_BLOCK = (2048, 2048)
+_ACC_BLOCK = (1024, 1024)
+_EXACT_BLOCK = (512, 1024, 512)
+_REPEAT = 15
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Host rates measured on one machine.
+
+    Attributes:
+        pack_bytes_per_s: ``packing.pack_block`` output bytes per second.
+        accumulate_bytes_per_s: ``packing.accumulate_block`` int32 bytes read per second.
+        exact_ops_per_s: int8 ops (2 per multiply-add) per second of the emulator's
+            exact product (int8 -> float32 casts and float32 BLAS).
+        host: the cache key the figures belong to.
+        measured_at: when, seconds since the epoch.
+        seconds: how long the measurement took (compilation excluded).
+    """
+
+    pack_bytes_per_s: float
+    accumulate_bytes_per_s: float
+    exact_ops_per_s: float
+    host: str
+    measured_at: float
+    seconds: float
+
+
+def calibration_mode() -> str:
+    """``"off"``, ``"refresh"`` (measure again, replacing the cache) or ``"on"``,
+    from ``NPU_PIPELINE_CALIBRATION``."""
+    value = os.environ.get(ENV_VAR, "on").strip().lower()
+    if value in _OFF:
+        return "off"
+    return "refresh" if value == "refresh" else "on"
+
+
+def calibration_enabled() -> bool:
+    """False when ``NPU_PIPELINE_CALIBRATION`` turns calibration off."""
+    return calibration_mode() != "off"
+
+
+def host_key() -> str:
+    """What a calibration is valid for: host, CPU count and library versions."""
+    import numba
+
+    from npu_pipeline import __version__
+
+    return (
+        f"{platform.node()}|{platform.machine()}|cpus={os.cpu_count()}|"
+        f"npu_pipeline={__version__}|numpy={np.__version__}|numba={numba.__version__}"
+    )
+
+
+def cache_path(key: str) -> Path:
+    """The cache file of calibration ``key``."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return root / "npu_pipeline" / f"calibration-{digest}.json"
+
+
+def measure() -> Calibration:
+    """Measure the three host rates now (packing kernels compiled first, not timed).
+
+    Raises:
+        ImportError: ``npu_pipeline.packing`` is not available.
+    """
+    from npu_pipeline import packing
+    from npu_pipeline.contract import load_contract
+    from npu_pipeline.emulator._compute import Scratch, exact_product
+
+    contract = load_contract("gemm_i8_i32")
+    r, s, t = contract.target(CPU.generation).micro_tile
+    rng = np.random.default_rng(0)
+    src = rng.integers(-128, 128, size=_PACK_SHAPE, dtype=np.int8)
+    slot = np.empty(_PACK_BLOCK[0] * _PACK_BLOCK[1], dtype=np.int8)
+    rows, cols = (0, _PACK_SHAPE[0]), (0, _PACK_SHAPE[1])
+    partial = rng.integers(-(2**20), 2**20, size=_ACC_BLOCK[0] * _ACC_BLOCK[1], dtype=np.int32)
+    acc = np.zeros(_ACC_BLOCK, dtype=np.int32)
+    m, k, n = _EXACT_BLOCK
+    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+
+    def pack() -> None:
+        packing.pack_block(src, rows, cols, slot, _PACK_BLOCK, contract.layout, (r, s))
+
+    def accumulate() -> None:
+        packing.accumulate_block(partial, _ACC_BLOCK, contract.layout, (r, t), acc, False)
+
+    pack()  # first calls compile (or load) the numba kernels: not part of the rate
+    accumulate()
+    start = time.perf_counter()
+    pack_s = median_seconds(pack, repeat=_REPEAT)
+    acc_s = median_seconds(accumulate, repeat=_REPEAT)
+
+    scratch = Scratch()
+    a32, b32 = np.empty(a.shape, np.float32), np.empty(b.shape, np.float32)
+
+    def exact() -> None:
+        # What the emulator does per run: cast the int8 operands into reused
+        # float32 arrays, then multiply exactly.
+        np.copyto(a32, a)
+        np.copyto(b32, b)
+        exact_product(a32, b32, scratch)
+
+    exact_s = median_seconds(exact, repeat=_REPEAT)
+    return Calibration(
+        pack_bytes_per_s=slot.nbytes / pack_s,
+        accumulate_bytes_per_s=partial.nbytes / acc_s,
+        exact_ops_per_s=2 * m * k * n / exact_s,
+        host=host_key(),
+        measured_at=time.time(),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def load_or_measure(refresh: bool = False) -> Calibration:
+    """The cached calibration of this host, measuring (and caching) it if there is
+    none or ``refresh`` is true."""
+    key = host_key()
+    path = cache_path(key)
+    try:
+        cached = Calibration(**json.loads(path.read_text()))
+        if cached.host == key and not refresh:
+            return cached
+    except (OSError, ValueError, TypeError):
+        pass  # no cache, or a stale or damaged one: measure again
+    calibration = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename, so a concurrent reader never sees half a file.
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
+            json.dump(dataclasses.asdict(calibration), tmp)
+        os.replace(tmp.name, path)
+    except OSError:
+        pass  # a read-only cache only costs a re-measurement next time
+    return calibration
+
+
+def apply(calibration: Calibration, base: DeviceProfile = CPU) -> DeviceProfile:
+    """``base`` with the measured host rates and exact-compute rate, sources updated."""
+    where = f"measured on this host by npu_pipeline.calibration ({calibration.host})"
+    rates = tuple((name, calibration.exact_ops_per_s) for name, _ in base.core_ops_per_s)
+    measured = {
+        "pack_bytes_per_s": where,
+        "accumulate_bytes_per_s": where,
+        **{f"core_ops_per_s[{name}]": f"{where}: exact float32 BLAS" for name, _ in rates},
+    }
+    return dataclasses.replace(
+        base,
+        pack_bytes_per_s=calibration.pack_bytes_per_s,
+        accumulate_bytes_per_s=calibration.accumulate_bytes_per_s,
+        core_ops_per_s=rates,
+        sources=tuple((p, measured.get(p, s)) for p, s in base.sources),
+    )
+
+
+def calibrated_cpu_profile() -> DeviceProfile:
+    """The ``cpu`` profile: calibrated unless ``NPU_PIPELINE_CALIBRATION=off``."""
+    return _cpu_profile(calibration_mode())
+
+
+@functools.lru_cache(maxsize=3)
+def _cpu_profile(mode: str) -> DeviceProfile:
+    if mode == "off":
+        return CPU
+    try:
+        return apply(load_or_measure(refresh=mode == "refresh"))
+    except Exception as error:  # calibration is optional: never let it break planning
+        reason = f"calibration failed ({type(error).__name__}: {error}); default used"
+        return dataclasses.replace(
+            CPU,
+            sources=tuple(
+                (p, f"{s} [{reason}]" if s.startswith("default") else s) for p, s in CPU.sources
+            ),
+        )

@@ -1,0 +1,174 @@
+"""``pyxrt.device`` and ``pyxrt.hw_context``: the emulated NPU and its hardware contexts."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterable
+
+from npu_pipeline.emulator._enums import AccessMode, xrt_info_device
+from npu_pipeline.emulator._faults import Fault
+from npu_pipeline.emulator._queue import CommandQueue
+from npu_pipeline.emulator._state import DRIVER_RUNS_IN_FLIGHT, DeviceState
+from npu_pipeline.emulator._xclbin import uuid, xclbin
+from npu_pipeline.errors import DeviceError, DriverRuleError, explain
+
+#: The PCI address the emulated device reports.
+EMULATED_BDF = "0000:00:00.1"
+
+
+def enumerate_devices() -> int:
+    """Number of devices: the emulator always has one."""
+    return 1
+
+
+class device:
+    """The emulated NPU: ``device(index)`` opens it (index 0 only).
+
+    Keyword options are emulator-only; host code written for real pyxrt never
+    passes them:
+
+    Args:
+        generation: ``"npu1"`` (Phoenix, default) or ``"npu2"`` (Strix).
+        timing: a timing model: an object with ``run_seconds(contract, block)``
+            (and optionally ``watchdog_s``), or such a callable; ``None``
+            (default) lets each run take as long as its CPU compute.
+        watchdog_s: the watchdog, seconds; default the timing model's
+            ``watchdog_s``, else 2 (amdxdna ``timeout_in_sec``); 0 disables it.
+        runs_in_flight: runs in flight per context before ``start`` blocks (1..4).
+        detect_mapped_writes: checksum mapped BOs around each run to catch
+            writes through ``map()`` views while it is in flight (default on).
+        faults: faults planned from the start (see ``inject_fault``).
+    """
+
+    def __init__(
+        self,
+        index: int = 0,
+        *,
+        generation: str = "npu1",
+        timing: object = None,
+        watchdog_s: float | None = None,
+        runs_in_flight: int = DRIVER_RUNS_IN_FLIGHT,
+        detect_mapped_writes: bool = True,
+        faults: Iterable[Fault] = (),
+    ) -> None:
+        if index != 0:
+            raise DeviceError(
+                explain(
+                    f"no device with index {index}",
+                    "index 0 (the emulator has one device)",
+                    "Open device(0).",
+                )
+            )
+        self._state = DeviceState(
+            generation=generation,
+            timing=timing,
+            watchdog_s=watchdog_s,
+            runs_in_flight=runs_in_flight,
+            detect_mapped_writes=detect_mapped_writes,
+            faults=faults,
+        )
+        self._xclbins: dict[uuid, xclbin] = {}
+        self._last_uuid: uuid | None = None
+        self._contexts: weakref.WeakSet[hw_context] = weakref.WeakSet()
+
+    def register_xclbin(self, xb: xclbin) -> uuid:
+        """Register an xclbin; return its UUID for ``hw_context``."""
+        self._state.check_alive("register_xclbin")
+        if not isinstance(xb, xclbin):
+            raise TypeError(f"register_xclbin takes an xclbin, got {type(xb).__name__}")
+        key = xb.get_uuid()
+        self._xclbins[key] = xb
+        self._last_uuid = key
+        return key
+
+    def load_xclbin(self, xb: xclbin | str | os.PathLike[str]) -> uuid:
+        """Deprecated in pyxrt; here the same as ``register_xclbin``."""
+        return self.register_xclbin(xb if isinstance(xb, xclbin) else xclbin(xb))
+
+    def get_xclbin_uuid(self) -> uuid:
+        """UUID of the xclbin registered last."""
+        if self._last_uuid is None:
+            raise DriverRuleError(
+                explain("no xclbin registered", "a registered xclbin", "register_xclbin first.")
+            )
+        return self._last_uuid
+
+    def get_info(self, key: xrt_info_device) -> str:
+        """Device name (``name``) or PCI address (``bdf``)."""
+        if key == xrt_info_device.name:
+            return self._state.name
+        if key == xrt_info_device.bdf:
+            return EMULATED_BDF
+        raise DriverRuleError(
+            explain(
+                f"get_info({xrt_info_device(key).name})",
+                "xrt_info_device.name or .bdf",
+                "The emulator answers only those.",
+            )
+        )
+
+    def close(self) -> None:
+        """Emulator-only: close every hardware context of this device (joins their threads)."""
+        for ctx in list(self._contexts):
+            ctx.close()
+
+
+class hw_context:
+    """``hw_context(device, uuid | xclbin | xclbin_path[, mode | cfg_param])``: one device thread.
+
+    Closing it (emulator-only ``close()``, ``device.close()``, or garbage
+    collection) aborts its queued runs and stops and joins its thread.
+    """
+
+    access_mode = AccessMode
+    exclusive = AccessMode.exclusive
+    shared = AccessMode.shared
+
+    def __init__(
+        self,
+        dev: device,
+        source: uuid | xclbin | str | os.PathLike[str],
+        mode: AccessMode | dict[str, int] = AccessMode.shared,
+    ) -> None:
+        if not isinstance(dev, device):
+            raise TypeError(f"hw_context needs an emulated device, got {type(dev).__name__}")
+        dev._state.check_alive("hw_context creation")
+        if not isinstance(source, uuid):
+            source = dev.register_xclbin(source if isinstance(source, xclbin) else xclbin(source))
+        if source not in dev._xclbins:
+            raise DriverRuleError(
+                explain(
+                    f"xclbin {source.to_string()} is not registered on the device",
+                    "the UUID returned by device.register_xclbin",
+                    "Register the xclbin first.",
+                )
+            )
+        self._device = dev
+        self._state = dev._state
+        self._uuid = source
+        # A dict is pyxrt's cfg_param overload; the emulator has nothing to configure.
+        self._mode = AccessMode.shared if isinstance(mode, dict) else AccessMode(mode)
+        self._queue = CommandQueue(dev._state)
+        self._closer = weakref.finalize(self, self._queue.close)
+        dev._contexts.add(self)
+
+    def get_device(self) -> device:
+        """The device the context was created on."""
+        return self._device
+
+    def get_xclbin_uuid(self) -> uuid:
+        """UUID of the context's xclbin."""
+        return self._uuid
+
+    def get_xclbin(self) -> xclbin:
+        """The context's xclbin."""
+        return self._device._xclbins[self._uuid]
+
+    def get_mode(self) -> AccessMode:
+        """The access mode it was created with."""
+        return self._mode
+
+    def close(self) -> None:
+        """Emulator-only: abort queued runs, stop and join the device thread. Idempotent."""
+        self._closer()

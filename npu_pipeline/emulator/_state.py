@@ -1,0 +1,125 @@
+"""What one emulated device knows: its generation, options, faults, and whether it is lost."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from npu_pipeline.emulator._faults import Fault, FaultPlan
+from npu_pipeline.errors import DeviceError, explain
+
+if TYPE_CHECKING:
+    from npu_pipeline.emulator._queue import CommandQueue
+
+#: Driver watchdog default, seconds (amdxdna module parameter ``timeout_in_sec``).
+DEFAULT_WATCHDOG_S = 2.0
+
+#: Commands in flight per hardware context (amdxdna ``CTX_MAX_CMDS`` in aie2_pci.h).
+DRIVER_RUNS_IN_FLIGHT = 4
+
+#: Device names as ``xrt-smi``/``get_info(name)`` report them, per generation.
+DEVICE_NAMES = {"npu1": "NPU Phoenix", "npu2": "NPU Strix"}
+
+TimingModel = Callable[[Any, tuple[int, int, int]], float]
+
+
+def timing_model(timing: object) -> TimingModel | None:
+    """Normalise a timing option: a profile with ``run_seconds``, a callable, or ``None``."""
+    if timing is None:
+        return None
+    run_seconds = getattr(timing, "run_seconds", timing)
+    if not callable(run_seconds):
+        raise TypeError(
+            explain(
+                f"timing is a {type(timing).__name__}",
+                "an object with run_seconds(contract, block) -> seconds, or such a callable",
+                "Pass a DeviceProfile, or a function.",
+            )
+        )
+    return run_seconds
+
+
+class DeviceState:
+    """Options and live state of one emulated device, shared by its contexts, BOs and runs.
+
+    Attributes:
+        generation: ``"npu1"`` or ``"npu2"``.
+        timing: modelled device seconds of one run, or ``None`` (runs take as
+            long as their CPU compute).
+        watchdog_s: the watchdog, seconds; 0 disables it (``timeout_in_sec=0``).
+        runs_in_flight: runs in flight per hardware context before ``start`` blocks.
+        detect_mapped_writes: checksum mapped BOs of each run at start and
+            completion to catch writes through ``map()`` views.
+        faults: the planned faults and the run numbering.
+    """
+
+    def __init__(
+        self,
+        *,
+        generation: str,
+        timing: object,
+        watchdog_s: float | None,
+        runs_in_flight: int,
+        detect_mapped_writes: bool,
+        faults: Iterable[Fault],
+    ) -> None:
+        if generation not in DEVICE_NAMES:
+            raise DeviceError(
+                explain(
+                    f"generation {generation!r} is unknown",
+                    f"one of {sorted(DEVICE_NAMES)}",
+                    "Pick the NPU generation to emulate.",
+                )
+            )
+        if not 1 <= runs_in_flight <= DRIVER_RUNS_IN_FLIGHT:
+            raise DeviceError(
+                explain(
+                    f"runs_in_flight={runs_in_flight}",
+                    f"1..{DRIVER_RUNS_IN_FLIGHT} (the amdxdna driver's limit per context)",
+                    "Lower it.",
+                )
+            )
+        self.generation = generation
+        self.timing = timing_model(timing)
+        if watchdog_s is None:
+            watchdog_s = getattr(timing, "watchdog_s", DEFAULT_WATCHDOG_S)
+        self.watchdog_s = float(watchdog_s)
+        self.runs_in_flight = runs_in_flight
+        self.detect_mapped_writes = detect_mapped_writes
+        self.faults = FaultPlan(faults)
+        self.lost = False
+        self._lock = threading.Lock()
+        self._queues: weakref.WeakSet[CommandQueue] = weakref.WeakSet()
+
+    @property
+    def name(self) -> str:
+        """The device name ``get_info(name)`` reports."""
+        return f"{DEVICE_NAMES[self.generation]} (emulated)"
+
+    def check_alive(self, what: str) -> None:
+        """Raise DeviceError (a RuntimeError, like XRT's ENODEV system error) once lost."""
+        if self.lost:
+            raise DeviceError(
+                explain(
+                    f"{what} failed: No such device (the emulated NPU was lost by an "
+                    "injected DEVICE_LOST fault)",
+                    "a present device",
+                    "Close every object of this device and open a new one.",
+                ),
+                state="ERT_CMD_STATE_ABORT",
+            )
+
+    def register(self, queue: CommandQueue) -> None:
+        """Remember a context's queue, so losing the device can abort its runs."""
+        with self._lock:
+            self._queues.add(queue)
+
+    def lose(self) -> None:
+        """Lose the device: abort every queued run of every context."""
+        with self._lock:
+            self.lost = True
+            queues = list(self._queues)
+        for queue in queues:
+            queue.abort_pending()

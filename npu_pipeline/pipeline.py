@@ -1,0 +1,686 @@
+"""The three-stage async pipeline: ``await pipe.matmul(A, B)`` for many concurrent callers.
+
+How a matmul flows (see docs/pipeline.md for the picture):
+
+1. ``matmul()`` checks its operands, takes the planner's plan for the shape
+   (cached), and queues a *request* with the scheduler. It then waits.
+2. The **feed** task asks the scheduler for the next batch (round-robin over
+   live requests, one batch at a time, so a small request is never stuck
+   behind a large one), takes a free *slot* (its BOs), and in a worker thread
+   **packs** the batch's A and B blocks into the slot (numba) and **starts**
+   the run on the device.
+3. The **drain** task, in a worker thread, **waits** for the oldest run and
+   **accumulates** its int32 output into the caller's C (or an int32
+   accumulator, requantised once when its output block is final), then puts
+   the slot back in the pool.
+
+While the device executes batch n, feed packs batch n+1 into another slot and
+drain accumulates batch n-1: the three stages overlap. The slot pool is the
+only backpressure: host memory stays bounded by the plan however large the
+matrices are, and no buffer is ever written while a run that uses it is in
+flight, because a slot returns to the pool only after its output was read.
+
+Failures are per request: a device fault, a bad batch, or a cancelled caller
+retires that request's batches (waiting for any run still in flight before
+its slot is reused) and leaves every other request running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import numpy as np
+
+from npu_pipeline import packing
+from npu_pipeline.contract import KernelContract, load_contract
+from npu_pipeline.device import NpuDevice, Slot
+from npu_pipeline.errors import (
+    DeviceError,
+    DTypeError,
+    NpuPipelineError,
+    PipelineClosedError,
+    ShapeError,
+    explain,
+)
+from npu_pipeline.operands import check_operands, check_out, check_out_dtype
+from npu_pipeline.planner import Batch, Plan, plan_batches
+from npu_pipeline.profiles import DeviceProfile, get_profile
+from npu_pipeline.reference import Rounding, Saturation
+from npu_pipeline.timeline import Span, Timeline
+
+#: How long a cancelled or closing request may wait for its in-flight runs
+#: before giving up, seconds. Runs are planned to take far less than the
+#: watchdog; past twice the watchdog the device has been reset anyway.
+_RETIRE_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Requantisation:
+    """How an int8 result is made from the exact int32 sum (applied once, to the full sum)."""
+
+    shift: int
+    rounding: Rounding
+    saturation: Saturation
+
+
+@dataclass(eq=False)
+class _Request:
+    """One ``matmul()`` call in flight. Mutated only on the event-loop thread."""
+
+    id: int
+    a: np.ndarray
+    b: np.ndarray
+    out: np.ndarray
+    plan: Plan
+    requant: Requantisation | None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    next_batch: int = 0  # index of the next batch to schedule
+    outstanding: int = 0  # batches taken by the feed and not yet retired
+    retired: int = 0  # batches finished successfully
+    error: BaseException | None = None
+    cancelled: bool = False
+    # int32 sums of output blocks still collecting k-blocks (int8 output only).
+    accumulators: dict[tuple[tuple[int, int], tuple[int, int]], np.ndarray] = field(
+        default_factory=dict
+    )
+
+    @property
+    def stopped(self) -> bool:
+        """True once no further batch of this request should run (failed or cancelled)."""
+        return self.error is not None or self.cancelled
+
+    def maybe_finish(self) -> None:
+        """Wake the caller once no stage holds anything of this request any more."""
+        complete = self.retired == len(self.plan.batches)
+        if (complete or self.stopped) and self.outstanding == 0:
+            self.accumulators.clear()
+            self.done.set()
+
+
+@dataclass(eq=False)
+class _Work:
+    """A batch on its way through the stages, with the slot it occupies."""
+
+    request: _Request
+    batch: Batch
+    slot: int
+    buffers: Slot | None = None
+    submission: Any = None
+    submitted_at: float = 0.0
+
+
+class _Scheduler:
+    """Round-robin over live requests at batch granularity."""
+
+    def __init__(self) -> None:
+        self._queue: deque[_Request] = deque()
+        self._work_ready = anyio.Event()
+
+    def add(self, request: _Request) -> None:
+        self._queue.append(request)
+        self._work_ready.set()
+
+    def discard(self, request: _Request) -> None:
+        if request in self._queue:
+            self._queue.remove(request)
+
+    async def wait_for_work(self) -> None:
+        while not self._queue:
+            self._work_ready = anyio.Event()
+            await self._work_ready.wait()
+
+    def pick(self) -> tuple[_Request, Batch] | None:
+        """The next batch of the request at the front; that request moves to the back."""
+        while self._queue:
+            request = self._queue.popleft()
+            if request.stopped or request.next_batch >= len(request.plan.batches):
+                continue
+            batch = request.plan.batches[request.next_batch]
+            request.next_batch += 1
+            request.outstanding += 1
+            if request.next_batch < len(request.plan.batches):
+                self._queue.append(request)
+            return request, batch
+        return None
+
+
+class _SlotPool:
+    """``count`` slots, each a set of BOs; a slot is held by at most one batch at a time.
+
+    Slots are numbered 0..count-1. Their BOs are allocated on first use and
+    re-allocated only while the slot is held but idle (before packing), when a
+    batch needs more bytes than the slot has; so the pool always stays within
+    the memory budget and never touches a buffer that a run is using.
+    """
+
+    def __init__(self, device: NpuDevice, count: int, slot_budget: int) -> None:
+        self._device = device
+        self._slot_budget = slot_budget
+        self._buffers: list[Slot | None] = [None] * count
+        self._free: deque[int] = deque(range(count))
+        self._held: set[int] = set()
+        self._released = anyio.Event()
+
+    @property
+    def held(self) -> int:
+        """Slots currently held by a batch."""
+        return len(self._held)
+
+    @property
+    def allocated(self) -> int:
+        """Slots that currently own BOs."""
+        return sum(b is not None for b in self._buffers)
+
+    async def acquire(self) -> int:
+        while not self._free:
+            self._released = anyio.Event()
+            await self._released.wait()
+        slot = self._free.popleft()
+        self._held.add(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Return ``slot`` to the pool; a second release is harmless (teardown may race)."""
+        if slot in self._held:
+            self._held.discard(slot)
+            self._free.append(slot)
+            self._released.set()
+
+    def buffers(self, slot: int, needs: dict[str, int]) -> Slot:
+        """The BOs of held ``slot``, big enough for ``needs`` (bytes per buffer). Worker thread."""
+        current = self._buffers[slot]
+        if current is not None and all(current.capacity[n] >= size for n, size in needs.items()):
+            return current
+        grown = dict(needs)
+        if current is not None:
+            grown = {n: max(size, current.capacity[n]) for n, size in needs.items()}
+            # Keeping the larger of old and new per buffer could pass the
+            # per-slot budget when plans differ in shape: then fit exactly.
+            if sum(grown.values()) > self._slot_budget:
+                grown = dict(needs)
+            self._buffers[slot] = None
+            self._device.free_slot(current)
+        self._buffers[slot] = self._device.allocate_slot(grown)
+        return self._buffers[slot]
+
+    def free_all(self) -> None:
+        for index, buffers in enumerate(self._buffers):
+            if buffers is not None:
+                self._device.free_slot(buffers)
+                self._buffers[index] = None
+
+
+class Pipeline:
+    """A device, its slots, and the tasks that stream batches through it.
+
+    Create it with :func:`open_pipeline`; it is usable only inside that
+    ``async with`` block. Call its methods from the event loop.
+
+    Attributes:
+        contract: the kernel contract every batch runs.
+        profile: the device profile plans are made for.
+        slots: number of BO slots (2 = double buffering).
+        memory_budget: pinned host memory all slots together may use, bytes.
+        timeline: every stage of every batch, as spans (see :mod:`npu_pipeline.timeline`).
+    """
+
+    def __init__(
+        self,
+        device: NpuDevice,
+        contract: KernelContract,
+        profile: DeviceProfile,
+        slots: int,
+        memory_budget: int,
+    ) -> None:
+        self.contract = contract
+        self.profile = profile
+        self.slots = slots
+        self.memory_budget = memory_budget
+        self.timeline = Timeline()
+        self._device = device
+        self._pool = _SlotPool(device, slots, memory_budget // slots)
+        self._scheduler = _Scheduler()
+        # One worker thread for the feed stage, one for the drain stage.
+        self._limiter = anyio.CapacityLimiter(2)
+        self._ids = itertools.count(1)
+        self._plans: dict[tuple[int, int, int, str], Plan] = {}
+        self._requests: set[_Request] = set()
+        self._started: deque[_Work] = deque()  # runs started and not yet waited for
+        self._closed = False
+        self._stopped = anyio.Event()
+        self._stage_scope: anyio.CancelScope | None = None
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def device_info(self) -> Any:
+        """Which device runs the batches (real XRT or the emulator), and its details."""
+        return self._device.info
+
+    @property
+    def slots_in_use(self) -> int:
+        """Slots currently held by a batch (0 when the pipeline is idle)."""
+        return self._pool.held
+
+    @property
+    def active_requests(self) -> int:
+        """``matmul()`` calls not yet finished."""
+        return len(self._requests)
+
+    def plan(self, m: int, k: int, n: int, out_dtype: Any = np.int32) -> Plan:
+        """The plan ``matmul`` executes for an (m x k) @ (k x n) product (cached per shape)."""
+        dtype = check_out_dtype(out_dtype)
+        key = (m, k, n, dtype.name)
+        if key not in self._plans:
+            self._plans[key] = plan_batches(
+                m,
+                k,
+                n,
+                kernel=self.contract,
+                profile=self.profile,
+                slots=self.slots,
+                memory_budget=self.memory_budget,
+                out_dtype=dtype,
+            )
+        return self._plans[key]
+
+    async def matmul(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        *,
+        out_dtype: Any = np.int32,
+        shift: int = 0,
+        rounding: Rounding | str | None = None,
+        saturation: Saturation | str = Saturation.SATURATE,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``a @ b`` for int8 matrices of any shape, computed on the device.
+
+        Args:
+            a: int8 matrix (M, K); views are read in place, never copied.
+            b: int8 matrix (K, N).
+            out_dtype: ``np.int32`` for the exact product, or ``np.int8`` for
+                the product requantised once, with shift-round-saturate.
+            shift: right shift in bits (0..31) before rounding; int8 output only.
+            rounding: rounding mode for int8 output; default the contract's
+                (``floor``, the AIE power-on default, which is what ``>>`` does).
+            saturation: saturation mode for int8 output.
+            out: optional preallocated (M, N) array of ``out_dtype``.
+
+        Returns:
+            ``out`` (or a new array) holding the result.
+
+        Raises:
+            DTypeError, ShapeError: bad input, refused before any work.
+            DeviceError: a run of this request failed (names its batch and state).
+            PipelineClosedError: the pipeline closed before the request finished.
+        """
+        self._check_open()
+        a, b, (m, k, n) = check_operands(a, b)
+        dtype = check_out_dtype(out_dtype)
+        requant = self._requantisation(dtype, shift, rounding, saturation)
+        if out is None:
+            out = np.empty((m, n), dtype=dtype)
+        else:
+            check_out(out, (m, n), dtype, a, b)
+        plan = self.plan(m, k, n, dtype)
+        request = _Request(next(self._ids), a, b, out, plan, requant)
+        self._requests.add(request)
+        self._scheduler.add(request)
+        try:
+            await request.done.wait()
+        finally:
+            if not request.done.is_set():
+                # Cancelled: schedule nothing more, then wait (shielded, and
+                # briefly: runs are far shorter than the watchdog) until no
+                # stage touches this request's arrays any more.
+                request.cancelled = True
+                self._scheduler.discard(request)
+                request.maybe_finish()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_RETIRE_GRACE_S):
+                    await request.done.wait()
+            self._requests.discard(request)
+        if request.error is not None:
+            raise request.error
+        return out
+
+    async def aclose(self) -> None:
+        """Stop serving: fail unfinished requests, wait for runs in flight, free everything."""
+        self._closed = True
+        if self._stage_scope is not None:
+            self._stage_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+
+    # -- checks ------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PipelineClosedError(
+                explain(
+                    "matmul() was called on a closed pipeline",
+                    "calls inside the `async with open_pipeline(...)` block",
+                    "Open a new pipeline.",
+                )
+            )
+
+    def _requantisation(
+        self, dtype: np.dtype, shift: Any, rounding: Any, saturation: Any
+    ) -> Requantisation | None:
+        if self.contract.semantic == "tile_pair":
+            if dtype != np.int8:
+                raise DTypeError(
+                    explain(
+                        f"out_dtype {dtype} with the {self.contract.name!r} contract",
+                        "np.int8: that kernel returns clipped int8 tiles, never an exact product",
+                        "Pass out_dtype=np.int8, or use the gemm_i8_i32 kernel for exact int32.",
+                    )
+                )
+            # The seed's semantic: clipped per-tile int8 outputs summed, the sum clipped.
+            return Requantisation(0, Rounding.FLOOR, Saturation.SATURATE)
+        if dtype == np.int32:
+            if shift != 0:
+                raise ShapeError(
+                    explain(
+                        f"shift={shift} with out_dtype int32",
+                        "shift=0: the int32 result is the exact product",
+                        "Pass out_dtype=np.int8 to requantise.",
+                    )
+                )
+            return None
+        if isinstance(shift, bool) or not isinstance(shift, (int, np.integer)):
+            raise ShapeError(explain(f"shift={shift!r}", "an integer 0..31", "Fix the shift."))
+        if not 0 <= shift <= 31:
+            raise ShapeError(explain(f"shift={shift}", "an integer 0..31", "Fix the shift."))
+        try:
+            return Requantisation(
+                int(shift),
+                Rounding(rounding or self.contract.output.rounding),
+                Saturation(saturation),
+            )
+        except ValueError:
+            raise DTypeError(
+                explain(
+                    f"rounding={rounding!r}, saturation={saturation!r}",
+                    f"rounding in {[r.value for r in Rounding]}, "
+                    f"saturation in {[s.value for s in Saturation]}",
+                    "Use a Rounding / Saturation member or its name.",
+                )
+            ) from None
+
+    # -- serving -----------------------------------------------------------------
+
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Run the feed and drain stages until closed, then tear everything down."""
+        try:
+            with anyio.CancelScope() as scope:
+                self._stage_scope = scope
+                send, receive = anyio.create_memory_object_stream[_Work](self.slots)
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._feed, send)
+                    group.start_soon(self._drain, receive)
+                    task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._teardown()
+
+    async def _teardown(self) -> None:
+        """After the stages stopped: finish started runs, fail what is left, free the device."""
+        self._closed = True
+        while self._started:
+            work = self._started.popleft()
+            # A failed run fails its request below either way.
+            with contextlib.suppress(DeviceError):
+                await anyio.to_thread.run_sync(
+                    self._device.wait, work.submission, limiter=self._limiter
+                )
+        closed = PipelineClosedError(
+            explain(
+                "the pipeline closed while this request was queued or running",
+                "every matmul() to finish inside the `async with open_pipeline(...)` block",
+                "Await your requests before leaving the block.",
+            )
+        )
+        for request in self._requests:
+            if not request.done.is_set():
+                request.error = request.error or closed
+                request.accumulators.clear()
+                request.done.set()
+        await anyio.to_thread.run_sync(self._release_device, limiter=self._limiter)
+        self._stopped.set()
+
+    def _release_device(self) -> None:
+        try:
+            self._pool.free_all()
+        finally:
+            self._device.close()
+
+    async def _feed(self, send: Any) -> None:
+        """Pick a batch, take a slot, pack the batch and start its run; repeat."""
+        async with send:
+            while True:
+                await self._scheduler.wait_for_work()
+                slot = await self._pool.acquire()
+                picked = self._scheduler.pick()
+                if picked is None:
+                    self._pool.release(slot)
+                    continue
+                work = _Work(*picked, slot)
+                try:
+                    await anyio.to_thread.run_sync(
+                        self._pack_and_start, work, limiter=self._limiter
+                    )
+                except NpuPipelineError as error:
+                    self._retire(work, error)
+                    continue
+                self._started.append(work)
+                await send.send(work)
+
+    async def _drain(self, receive: Any) -> None:
+        """Wait for the oldest run, fold its output into C, free its slot; repeat."""
+        async with receive:
+            async for work in receive:
+                try:
+                    await anyio.to_thread.run_sync(
+                        self._wait_and_accumulate, work, limiter=self._limiter
+                    )
+                except NpuPipelineError as error:
+                    self._retire(work, error)
+                else:
+                    self._retire(work)
+
+    def _retire(self, work: _Work, error: BaseException | None = None) -> None:
+        """Give the slot back and account the batch to its request (event-loop thread)."""
+        if work in self._started:
+            self._started.remove(work)
+        self._pool.release(work.slot)
+        request = work.request
+        request.outstanding -= 1
+        if error is not None and request.error is None:
+            request.error = error
+        elif error is None and not request.stopped:
+            request.retired += 1
+        request.maybe_finish()
+
+    # -- work done in worker threads ------------------------------------------------
+
+    def _pack_and_start(self, work: _Work) -> None:
+        """Worker thread: size the slot, pack the batch into it, start its run(s)."""
+        request, batch = work.request, work.batch
+        needs = self.contract.run_buffer_bytes(batch.block)
+        needs = {name: size * batch.n_runs for name, size in needs.items()}
+        work.buffers = self._pool.buffers(work.slot, needs)
+        with self.timeline.span(request.id, batch.index, "pack", work.slot):
+            if self.contract.semantic == "tile_pair":
+                packing.pack_tile_pairs(
+                    request.a,
+                    request.b,
+                    batch.m_range,
+                    batch.k_range,
+                    batch.n_range,
+                    work.buffers.view("in", np.int8),
+                )
+            else:
+                bm, bk, bn = batch.block
+                r, s, t = self._micro_tile
+                layout = self.contract.layout
+                packing.pack_block(
+                    request.a,
+                    batch.m_range,
+                    batch.k_range,
+                    work.buffers.view("a", np.int8),
+                    (bm, bk),
+                    layout,
+                    (r, s),
+                )
+                packing.pack_block(
+                    request.b,
+                    batch.k_range,
+                    batch.n_range,
+                    work.buffers.view("b", np.int8),
+                    (bk, bn),
+                    layout,
+                    (s, t),
+                )
+        work.submitted_at = time.perf_counter()
+        work.submission = self._device.start(
+            work.buffers, batch.block, n_runs=batch.n_runs, batch=batch.index, request=request.id
+        )
+
+    def _wait_and_accumulate(self, work: _Work) -> None:
+        """Worker thread: wait for the batch's run(s), then fold the output into C."""
+        request, batch, buffers = work.request, work.batch, work.buffers
+        self._device.wait(work.submission)
+        self.timeline.record(
+            Span(
+                request.id,
+                batch.index,
+                "execute",
+                work.slot,
+                work.submitted_at,
+                time.perf_counter(),
+            )
+        )
+        if request.stopped:
+            return  # cancelled or failed meanwhile: free the slot, leave C alone
+        with self.timeline.span(request.id, batch.index, "accumulate", work.slot):
+            (m0, m1), (n0, n1) = batch.m_range, batch.n_range
+            key = (batch.m_range, batch.n_range)
+            target = request.out[m0:m1, n0:n1]
+            if request.requant is not None:
+                if batch.first:
+                    request.accumulators[key] = np.empty((m1 - m0, n1 - n0), dtype=np.int32)
+                target = request.accumulators[key]
+            if self.contract.semantic == "tile_pair":
+                if batch.first:
+                    target[...] = 0
+                packing.accumulate_tile_pairs(
+                    buffers.view("out", np.int8),
+                    batch.m_range,
+                    batch.k_range,
+                    batch.n_range,
+                    target,
+                )
+            else:
+                r, _, t = self._micro_tile
+                bm, _, bn = batch.block
+                packing.accumulate_block(
+                    buffers.view("c", np.int32),
+                    (bm, bn),
+                    self.contract.layout,
+                    (r, t),
+                    target,
+                    batch.first,
+                )
+            if batch.final and request.requant is not None:
+                q = request.requant
+                packing.requantize(
+                    target, request.out[m0:m1, n0:n1], q.shift, q.rounding, q.saturation
+                )
+                del request.accumulators[key]
+
+    @property
+    def _micro_tile(self) -> tuple[int, int, int]:
+        return self.contract.target(self.profile.generation).micro_tile
+
+
+def default_slots(profile: DeviceProfile) -> int:
+    """Slots when none are asked for: 3, so pack, execute and accumulate each hold one."""
+    return max(1, min(3, profile.runs_in_flight))
+
+
+@asynccontextmanager
+async def open_pipeline(
+    device: str = "auto",
+    kernel: str | KernelContract = "gemm_i8_i32",
+    profile: str | DeviceProfile | None = None,
+    slots: int | None = None,
+    *,
+    memory_budget: int | None = None,
+    timed: bool = False,
+    device_options: dict[str, Any] | None = None,
+) -> AsyncIterator[Pipeline]:
+    """Open a device and serve ``matmul()`` calls through it until the block exits.
+
+    Args:
+        device: ``"auto"`` (real XRT when pyxrt imports and an NPU is present,
+            else the emulator), ``"emulator"``, or ``"xrt"``.
+        kernel: contract name or path, or a :class:`KernelContract`.
+        profile: device profile name or object; default ``"cpu"`` on the
+            emulator and the detected generation on real hardware.
+        slots: BO slots, 1..runs in flight; default :func:`default_slots`.
+        memory_budget: pinned host memory for all slots, bytes; default the profile's.
+        timed: emulator only: runs complete no earlier than the profile's
+            modelled time, so NPU-like proportions can be studied (modelled).
+        device_options: extra keyword arguments for :meth:`NpuDevice.open`
+            (for example emulator fault injection).
+
+    Yields:
+        The open :class:`Pipeline`.
+    """
+    contract = kernel if isinstance(kernel, KernelContract) else load_contract(kernel)
+    npu = await anyio.to_thread.run_sync(
+        lambda: NpuDevice.open(
+            contract,
+            device=device,
+            profile=profile,
+            timed=timed,
+            **(device_options or {}),
+        )
+    )
+    try:
+        chosen = (
+            profile
+            if isinstance(profile, DeviceProfile)
+            else get_profile(profile or npu.info.default_profile)
+        )
+        count = slots if slots is not None else default_slots(chosen)
+        if not 1 <= count <= chosen.runs_in_flight:
+            raise ShapeError(
+                explain(
+                    f"slots={count}",
+                    f"1..{chosen.runs_in_flight} (the runs a hardware context keeps in flight)",
+                    "Pass a smaller slots value.",
+                )
+            )
+        budget = memory_budget if memory_budget is not None else chosen.memory_budget_bytes
+        pipe = Pipeline(npu, contract, chosen, count, budget)
+    except BaseException:
+        await anyio.to_thread.run_sync(npu.close)
+        raise
+    async with anyio.create_task_group() as group:
+        await group.start(pipe._serve)
+        try:
+            yield pipe
+        finally:
+            await pipe.aclose()

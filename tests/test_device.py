@@ -1,0 +1,334 @@
+"""NpuDevice: backend choice, slots, batches of runs, failures, and cleanup."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import exact, random_int8
+
+from npu_pipeline import emulator, reference
+from npu_pipeline.contract import load_contract
+from npu_pipeline.device import NpuDevice
+from npu_pipeline.emulator import Fault, FaultKind
+from npu_pipeline.errors import BufferHazardError, ContractError, DeviceError, ShapeError
+
+GEMM = load_contract("gemm_i8_i32")
+TILE16 = load_contract("tile16_legacy")
+BLOCK = (256, 64, 256)  # the smallest legal gemm_i8_i32 block on npu1
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every test must leave no device thread and no BO behind, whatever happened."""
+    yield
+    gc.collect()
+    assert emulator.live_device_threads() == 0
+    assert emulator.live_bos() == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """The part of a DeviceProfile that NpuDevice and the emulator use."""
+
+    generation: str = "npu1"
+    runs_in_flight: int = 4
+    watchdog_s: float = 2.0
+    seconds: float = 0.0
+
+    def run_seconds(self, contract, block):
+        return self.seconds
+
+
+def pack_gemm(slot, a, b):
+    slot.view("a", np.int8)[: a.size] = a.ravel()
+    slot.view("b", np.int8)[: b.size] = b.ravel()
+
+
+def result(slot, m, n):
+    return slot.view("c")[: m * n].reshape(m, n)
+
+
+def gemm_batch(npu, slot, rng, block=BLOCK, **ids):
+    """Pack random operands into ``slot``, start and wait; return the expected product."""
+    m, k, n = block
+    a, b = random_int8(rng, (m, k)), random_int8(rng, (k, n))
+    pack_gemm(slot, a, b)
+    npu.wait(npu.start(slot, block, **ids))
+    return exact(a, b)
+
+
+def pack_tiles(slot, a, b):
+    pairs = slot.view("in", np.int8).reshape(-1, 512)[: len(a)]
+    pairs[:, :256] = a.reshape(len(a), 256)
+    pairs[:, 256:] = b.reshape(len(b), 256)
+
+
+def count_syncs(monkeypatch):
+    """Count every bo.sync of the emulator as (direction, bytes)."""
+    calls = []
+    original = emulator.bo.sync
+
+    def sync(self, direction, size=None, offset=0):
+        calls.append((int(direction), self.size() if size is None else size))
+        original(self, direction, size, offset)
+
+    monkeypatch.setattr(emulator.bo, "sync", sync)
+    return calls
+
+
+# -- opening ----------------------------------------------------------------------
+
+
+def test_auto_without_pyxrt_uses_the_emulator_and_says_why():
+    with NpuDevice.open(GEMM) as npu:
+        info = npu.info
+    assert (info.backend, info.generation, info.kernel) == ("emulator", "npu1", "gemm_i8_i32")
+    assert info.name == "NPU Phoenix (emulated)" and info.default_profile == "cpu"
+    assert (info.runs_in_flight, info.watchdog_s, info.timing) == (4, 2.0, "cpu")
+    assert "pyxrt is not importable" in info.reason
+
+
+def test_xrt_without_pyxrt_explains_how_to_install_it():
+    with pytest.raises(DeviceError, match=r"setup\.sh") as error:
+        NpuDevice.open(GEMM, device="xrt")
+    assert "not on PyPI" in str(error.value)
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(DeviceError, match="one of"):
+        NpuDevice.open(GEMM, device="gpu")
+    with pytest.raises(DeviceError, match="timed=True without a profile"):
+        NpuDevice.open(GEMM, device="emulator", timed=True)
+
+
+def test_profile_sets_generation_limits_and_modelled_timing(rng):
+    profile = Profile(generation="npu2", runs_in_flight=2, watchdog_s=1.5, seconds=0.05)
+    with NpuDevice.open(GEMM, device="emulator", profile=profile, timed=True) as npu:
+        assert (npu.info.generation, npu.info.name) == ("npu2", "NPU Strix (emulated)")
+        assert (npu.info.runs_in_flight, npu.info.watchdog_s) == (2, 1.5)
+        assert npu.info.timing == "modelled"
+        block = (256, 64, 512)  # npu2's block grid
+        slot = npu.allocate_slot(block)
+        began = time.perf_counter()
+        expected = gemm_batch(npu, slot, rng, block)
+        assert time.perf_counter() - began >= 0.05
+        np.testing.assert_array_equal(result(slot, 256, 512), expected)
+
+
+def test_real_xrt_path_reads_the_kernel_build_folder(tmp_path, rng):
+    """device='xrt' on a pyxrt-compatible module: xclbin and insts.bin come from the build."""
+    shutil.copy(GEMM.source, tmp_path / "kernel.json")
+    (tmp_path / GEMM.xclbin).write_bytes(b"")
+    contract = load_contract(tmp_path / "kernel.json")
+    emulator.instructions(contract, BLOCK).tofile(tmp_path / contract.instruction_file(BLOCK))
+    with NpuDevice.open(contract, device="xrt", xrt_module=emulator) as npu:
+        assert npu.info.backend == "xrt" and npu.info.timing == "hardware"
+        slot = npu.allocate_slot(BLOCK)
+        expected = gemm_batch(npu, slot, rng)
+        np.testing.assert_array_equal(result(slot, 256, 256), expected)
+        with pytest.raises(ContractError, match=r"insts_512x64x256\.bin does not exist"):
+            npu.start(npu.allocate_slot((512, 64, 256)), (512, 64, 256))
+
+
+# -- batches ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["row_major", "tile_major"])
+def test_gemm_batches_are_exact(rng, layout):
+    contract = dataclasses.replace(GEMM, layout=layout)
+    r, s, t = contract.target("npu1").micro_tile
+
+    def tiled(x, tr, tc):
+        rows, cols = x.shape
+        return x.reshape(rows // tr, tr, cols // tc, tc).transpose(0, 2, 1, 3).ravel()
+
+    with NpuDevice.open(contract, device="emulator") as npu:
+        slot = npu.allocate_slot((256, 1088, 256))
+        for block in [(256, 1088, 256), (256, 64, 256)]:
+            m, k, n = block
+            a, b = random_int8(rng, (m, k)), random_int8(rng, (k, n))
+            if layout == "tile_major":
+                pack_gemm(slot, tiled(a, r, s), tiled(b, s, t))
+            else:
+                pack_gemm(slot, a, b)
+            done = npu.wait(npu.start(slot, block, batch=3, request=9))
+            assert (done.batch, done.request, done.cancelled) == (3, 9, False)
+            expected = exact(a, b)
+            if layout == "tile_major":
+                expected = tiled(expected, r, t).reshape(m, n)
+            np.testing.assert_array_equal(result(slot, m, n), expected)
+
+
+def test_tile16_batch_one_sync_in_four_in_flight_one_sync_out(rng, monkeypatch):
+    """The legacy contract through the same layer: many tile pairs in one large BO."""
+    pairs = 40
+    a, b = random_int8(rng, (pairs, 16, 16)), random_int8(rng, (pairs, 16, 16))
+    with NpuDevice.open(
+        TILE16, device="emulator", profile=Profile(seconds=1e-3), timed=True
+    ) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        pack_tiles(slot, a, b)
+        syncs = count_syncs(monkeypatch)
+        sub = npu.start(slot, (16, 16, 16), n_runs=pairs)
+        assert len(sub.running) == 4  # the driver's limit, never a blocking fifth start
+        npu.wait(sub)
+        out = slot.view("out").reshape(pairs, 16, 16)
+    assert sorted(syncs) == [(0, 36), (0, 512 * pairs), (1, 256 * pairs)]  # insts, in, out
+    for i in range(pairs):
+        np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
+
+
+def test_gemm_syncs_only_the_used_bytes(rng, monkeypatch):
+    with NpuDevice.open(GEMM, device="emulator") as npu:
+        slot = npu.allocate_slot((512, 128, 512))
+        syncs = count_syncs(monkeypatch)
+        expected = gemm_batch(npu, slot, rng, (256, 64, 256))
+        np.testing.assert_array_equal(result(slot, 256, 256), expected)
+    assert sorted(syncs) == [(0, 36), (0, 256 * 64), (0, 64 * 256), (1, 256 * 256 * 4)]
+
+
+def test_threads_share_one_device(rng):
+    """Several worker threads, each with its own slot, start and wait concurrently."""
+    errors = []
+
+    def worker(npu, seed):
+        local = np.random.default_rng(seed)
+        slot = npu.allocate_slot(BLOCK)
+        try:
+            for batch in range(8):
+                expected = gemm_batch(npu, slot, local, batch=batch, request=seed)
+                np.testing.assert_array_equal(result(slot, 256, 256), expected)
+        except Exception as error:  # reported below
+            errors.append(error)
+        finally:
+            npu.free_slot(slot)
+
+    with NpuDevice.open(GEMM, device="emulator", profile=Profile(seconds=2e-3), timed=True) as npu:
+        threads = [threading.Thread(target=worker, args=(npu, seed)) for seed in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert not errors
+
+
+def test_slot_too_small_or_illegal_block_is_refused():
+    with NpuDevice.open(GEMM, device="emulator") as npu:
+        slot = npu.allocate_slot(BLOCK)
+        with pytest.raises(ShapeError, match="need"):
+            npu.start(slot, (512, 64, 256))
+        with pytest.raises(ContractError, match="illegal"):
+            npu.start(slot, (128, 64, 256))
+
+
+# -- failures ---------------------------------------------------------------------
+
+
+def test_run_error_names_state_batch_and_request_and_device_keeps_serving(rng):
+    with NpuDevice.open(
+        GEMM, device="emulator", faults=[Fault(FaultKind.ERROR, run_index=1)]
+    ) as npu:
+        slot = npu.allocate_slot(BLOCK)
+        gemm_batch(npu, slot, rng, batch=0, request=5)
+        with pytest.raises(DeviceError, match="ended in ERT_CMD_STATE_ERROR") as info:
+            gemm_batch(npu, slot, rng, batch=1, request=5)
+        assert (info.value.state, info.value.batch, info.value.request) == (
+            "ERT_CMD_STATE_ERROR",
+            1,
+            5,
+        )
+        expected = gemm_batch(npu, slot, rng, batch=2, request=6)
+        np.testing.assert_array_equal(result(slot, 256, 256), expected)
+
+
+def test_failed_tile_run_stops_the_batch_after_its_runs_in_flight(rng):
+    pairs = 12
+    with NpuDevice.open(
+        TILE16, device="emulator", faults=[Fault(FaultKind.ERROR, run_index=2)]
+    ) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        pack_tiles(slot, random_int8(rng, (pairs, 16, 16)), random_int8(rng, (pairs, 16, 16)))
+        sub = npu.start(slot, (16, 16, 16), n_runs=pairs, batch=7)
+        with pytest.raises(DeviceError, match="run 2 of batch 7"):
+            npu.wait(sub)
+        assert sub.next_run < pairs and not sub.running
+        npu.wait(npu.start(slot, (16, 16, 16), n_runs=pairs))  # the slot is free again
+
+
+def test_hang_is_reported_as_watchdog_timeout(rng):
+    with NpuDevice.open(
+        GEMM, device="emulator", watchdog_s=0.1, faults=[Fault(FaultKind.HANG, run_index=0)]
+    ) as npu:
+        assert npu.info.watchdog_s == 0.1
+        slot = npu.allocate_slot(BLOCK)
+        with pytest.raises(DeviceError) as info:
+            gemm_batch(npu, slot, rng, batch=0)
+        assert info.value.state == "ERT_CMD_STATE_TIMEOUT"
+
+
+def test_lost_device_fails_requests_and_closes_cleanly(rng):
+    npu = NpuDevice.open(GEMM, device="emulator", faults=[Fault(FaultKind.DEVICE_LOST, 0)])
+    slot = npu.allocate_slot(BLOCK)
+    with pytest.raises(DeviceError, match="ERT_CMD_STATE_ABORT"):
+        gemm_batch(npu, slot, rng, batch=0, request=1)
+    with pytest.raises(DeviceError, match="No such device") as info:
+        gemm_batch(npu, slot, rng, batch=1, request=2)
+    assert (info.value.batch, info.value.request) == (1, 2)
+    npu.close()
+    npu.close()  # idempotent
+
+
+def test_host_timeout_keeps_the_slot_busy_until_the_run_ends(rng):
+    with NpuDevice.open(GEMM, device="emulator", profile=Profile(seconds=0.5), timed=True) as npu:
+        slot = npu.allocate_slot(BLOCK)
+        sub = npu.start(slot, BLOCK, batch=4)
+        with pytest.raises(DeviceError, match="did not complete within") as info:
+            npu.wait(sub, timeout_s=0.02)
+        assert info.value.state == "ERT_CMD_STATE_NEW" and info.value.batch == 4
+        with pytest.raises(BufferHazardError, match="still in flight"):
+            npu.start(slot, BLOCK)
+        time.sleep(0.6)
+        gemm_batch(npu, slot, rng)
+
+
+def test_packing_into_a_slot_in_flight_is_caught(rng):
+    """The seed's pipelined executor bug: writing a buffer a run is using."""
+    with NpuDevice.open(GEMM, device="emulator", profile=Profile(seconds=0.1), timed=True) as npu:
+        slot = npu.allocate_slot(BLOCK)
+        sub = npu.start(slot, BLOCK)
+        slot.view("a", np.int8)[0] += 1
+        with pytest.raises(BufferHazardError, match=r"map\(\) view"):
+            npu.wait(sub)
+        gemm_batch(npu, slot, rng)  # and the slot is usable again
+
+
+def test_should_stop_cancels_remaining_runs(rng):
+    pairs = 20
+    with NpuDevice.open(
+        TILE16, device="emulator", profile=Profile(seconds=0.01), timed=True
+    ) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        sub = npu.start(slot, (16, 16, 16), n_runs=pairs)
+        done = npu.wait(sub, should_stop=lambda: True)
+        assert done.cancelled and sub.next_run == 4 and not sub.running
+        a, b = random_int8(rng, (pairs, 16, 16)), random_int8(rng, (pairs, 16, 16))
+        pack_tiles(slot, a, b)
+        assert not npu.wait(npu.start(slot, (16, 16, 16), n_runs=pairs)).cancelled
+        out = slot.view("out").reshape(pairs, 16, 16)
+        np.testing.assert_array_equal(out[-1], reference.tile16_kernel(a[-1], b[-1]))
+
+
+def test_close_with_runs_in_flight_releases_everything(rng):
+    npu = NpuDevice.open(GEMM, device="emulator", profile=Profile(seconds=0.05), timed=True)
+    slots = [npu.allocate_slot(BLOCK) for _ in range(3)]
+    for slot in slots:
+        npu.start(slot, BLOCK)
+    npu.close()
+    with pytest.raises(DeviceError, match="closed"):
+        npu.allocate_slot(BLOCK)
