@@ -186,21 +186,32 @@ def load_or_measure(refresh: bool = False) -> Calibration:
     return calibration
 
 
-def apply(calibration: Calibration, base: DeviceProfile = CPU) -> DeviceProfile:
-    """``base`` with the measured host rates and exact-compute rate, sources updated."""
+def with_host_rates(base: DeviceProfile, calibration: Calibration) -> DeviceProfile:
+    """``base`` with this host's measured pack and accumulate rates; device rates unchanged.
+
+    This is how a real NPU profile is given the host stages of the machine in
+    use: the NPU side stays modelled, the host side is measured.
+    """
     where = f"measured on this host by npu_pipeline.calibration ({calibration.host})"
-    rates = tuple((name, calibration.exact_ops_per_s) for name, _ in base.core_ops_per_s)
-    measured = {
-        "pack_bytes_per_s": where,
-        "accumulate_bytes_per_s": where,
-        **{f"core_ops_per_s[{name}]": f"{where}: exact float32 BLAS" for name, _ in rates},
-    }
+    measured = {"pack_bytes_per_s": where, "accumulate_bytes_per_s": where}
     return dataclasses.replace(
         base,
         pack_bytes_per_s=calibration.pack_bytes_per_s,
         accumulate_bytes_per_s=calibration.accumulate_bytes_per_s,
-        core_ops_per_s=rates,
         sources=tuple((p, measured.get(p, s)) for p, s in base.sources),
+    )
+
+
+def apply(calibration: Calibration, base: DeviceProfile = CPU) -> DeviceProfile:
+    """``base`` with the measured host rates and exact-compute rate, sources updated."""
+    where = f"measured on this host by npu_pipeline.calibration ({calibration.host}): "
+    rates = tuple((name, calibration.exact_ops_per_s) for name, _ in base.core_ops_per_s)
+    measured = {f"core_ops_per_s[{name}]": f"{where}exact float32 BLAS" for name, _ in rates}
+    hosted = with_host_rates(base, calibration)
+    return dataclasses.replace(
+        hosted,
+        core_ops_per_s=rates,
+        sources=tuple((p, measured.get(p, s)) for p, s in hosted.sources),
     )
 
 

@@ -507,7 +507,7 @@ class Pipeline:
         request = work.request
         request.outstanding -= 1
         if error is not None and request.error is None:
-            request.error = error
+            request.error = _detached(error)
         elif error is None and not request.stopped:
             request.retired += 1
         request.maybe_finish()
@@ -612,6 +612,23 @@ class Pipeline:
     @property
     def _micro_tile(self) -> tuple[int, int, int]:
         return self.contract.target(self.profile.generation).micro_tile
+
+
+def _detached(error: BaseException) -> BaseException:
+    """``error`` without tracebacks along its cause chain.
+
+    A traceback pins the frames of the worker thread that raised, and with
+    them the batch's slot and BOs: a caller keeping the error (as tests and
+    retry loops do) would keep device memory alive after the pipeline freed it.
+    The message already names the batch, the request and the run state.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error
 
 
 def default_slots(profile: DeviceProfile) -> int:

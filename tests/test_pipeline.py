@@ -278,3 +278,97 @@ async def test_timeline_records_every_stage_of_every_batch(rng):
     assert stages == expected
     assert all(s.end >= s.start for s in spans)
     assert 0.0 <= pipe.timeline.overlap_efficiency() <= 1.0
+
+
+def faulty_pipeline(*faults, **options):
+    from npu_pipeline import emulator
+
+    return npp.open_pipeline(
+        device="emulator",
+        memory_budget=3 * 294_912,
+        device_options={
+            "faults": [emulator.Fault(kind, run_index=i) for kind, i in faults],
+            **options,
+        },
+    )
+
+
+def assert_no_leaks():
+    import gc
+
+    from npu_pipeline import emulator
+
+    gc.collect()
+    assert emulator.live_device_threads() == 0
+    assert emulator.live_bos() == 0
+
+
+async def test_run_error_fails_only_its_request(rng):
+    from npu_pipeline.emulator import FaultKind
+
+    victim_a, victim_b = random_int8(rng, (300, 500)), random_int8(rng, (500, 300))
+    other_a, other_b = random_int8(rng, (200, 300)), random_int8(rng, (300, 100))
+    outcome = {}
+    async with faulty_pipeline((FaultKind.ERROR, 0)) as pipe:
+
+        async def victim():
+            with pytest.raises(npp.DeviceError) as info:
+                await pipe.matmul(victim_a, victim_b)
+            outcome["error"] = info.value
+
+        async def other():
+            outcome["other"] = await pipe.matmul(other_a, other_b)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(victim)
+            group.start_soon(other)
+        assert pipe.slots_in_use == 0 and pipe.active_requests == 0
+        again = await pipe.matmul(victim_a, victim_b)
+    error = outcome["error"]
+    assert error.state == "ERT_CMD_STATE_ERROR"
+    assert error.batch == 0
+    assert error.request == 1
+    assert "batch 0" in str(error)
+    assert np.array_equal(outcome["other"], exact(other_a, other_b))
+    assert np.array_equal(again, exact(victim_a, victim_b))
+    assert_no_leaks()
+
+
+async def test_hang_hits_the_watchdog_and_the_pipeline_keeps_serving(rng):
+    from npu_pipeline.emulator import FaultKind
+
+    a, b = random_int8(rng, (256, 256)), random_int8(rng, (256, 300))
+    async with faulty_pipeline((FaultKind.HANG, 1), watchdog_s=0.2) as pipe:
+        with pytest.raises(npp.DeviceError) as info:
+            await pipe.matmul(a, b)
+        assert info.value.state in ("ERT_CMD_STATE_TIMEOUT", "ERT_CMD_STATE_ABORT")
+        assert pipe.slots_in_use == 0
+        assert np.array_equal(await pipe.matmul(a, b), exact(a, b))
+    assert_no_leaks()
+
+
+async def test_lost_device_fails_requests_and_closes_cleanly(rng):
+    from npu_pipeline.emulator import FaultKind
+
+    a, b = random_int8(rng, (256, 256)), random_int8(rng, (256, 300))
+    async with faulty_pipeline((FaultKind.DEVICE_LOST, 2)) as pipe:
+        with pytest.raises(npp.DeviceError):
+            await pipe.matmul(a, b)
+        with pytest.raises(npp.DeviceError):
+            await pipe.matmul(a, b)
+        assert pipe.slots_in_use == 0 and pipe.active_requests == 0
+    assert_no_leaks()
+
+
+async def test_no_leaks_after_cancellation_and_close(rng):
+    a, b = random_int8(rng, (1024, 1024)), random_int8(rng, (1024, 1024))
+    async with small_budget_pipeline() as pipe:
+        with anyio.move_on_after(0.02):
+            await pipe.matmul(a, b)
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(lambda: pipe.matmul(a, b))
+            await anyio.sleep(0.02)
+            group.cancel_scope.cancel()
+        assert pipe.slots_in_use == 0 and pipe.active_requests == 0
+    assert_no_leaks()
