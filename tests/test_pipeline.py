@@ -321,6 +321,10 @@ async def test_run_error_fails_only_its_request(rng):
 
         async with anyio.create_task_group() as group:
             group.start_soon(victim)
+            # trio starts tasks in random order: queue the victim first, so that
+            # the first run on the device (run 0, the faulty one) is its batch 0.
+            while pipe.active_requests == 0:
+                await anyio.sleep(0)
             group.start_soon(other)
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
         again = await pipe.matmul(victim_a, victim_b)
