@@ -44,6 +44,7 @@ def test_views_are_accepted_without_copy():
     a, b, shape = check_operands(big[::2, ::3], np.asfortranarray(big[:4, :5]))
     assert shape == (5, 4, 5)
     assert np.shares_memory(a, big)
+    assert b.flags.f_contiguous and not b.flags.c_contiguous
 
 
 def test_k_limit():
