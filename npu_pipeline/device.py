@@ -12,11 +12,18 @@ serves batches:
   of the ``tile16_legacy`` contract) uses a sub-buffer per run, derived from
   the root BO;
 - :meth:`NpuDevice.wait`, meant for a worker thread, waits in 2 ms slices
-  (pyxrt holds the GIL inside ``wait``), keeps up to ``runs_in_flight`` runs
-  in flight across the device (starting the next as one completes, so no
-  ``start`` ever blocks in the driver), then syncs the used output bytes back
-  (one sync). A run that does not complete raises :class:`DeviceError` naming
-  its state, batch and request.
+  (pyxrt holds the GIL inside ``wait``), keeps up to ``runs_in_flight``
+  commands in flight across the device (starting the next as one completes,
+  so no ``start`` ever blocks in the driver), then syncs the used output
+  bytes back (one sync). A run that does not complete raises
+  :class:`DeviceError` naming its state, batch and request.
+
+A command is one run, or (when the pyxrt module has ``runlist``, newer XRT)
+a chain of up to 24 runs of one batch submitted as one ``runlist``: the
+device then hands off once per chain instead of once per run. Chains are as
+long as fit in :data:`CHAIN_BUDGET_S` of device time, measured per block
+shape; until a shape has been measured its runs go one per command (see
+docs/device.md).
 
 The same code drives real ``pyxrt`` and :mod:`npu_pipeline.emulator`; where
 they differ (the instruction stream, and closing the emulator's threads) is
@@ -30,7 +37,7 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -60,6 +67,19 @@ MAX_RUNS_IN_FLIGHT = 4
 
 #: Driver watchdog default, seconds (amdxdna ``timeout_in_sec``).
 DEFAULT_WATCHDOG_S = 2.0
+
+#: Most runs one ``runlist`` chains into one command (XRT's runlist submits
+#: chains of at most 24 runs, ``runlist_impl::submit_size``; NPU_FACTS.md).
+RUNLIST_MAX = 24
+
+#: Device time one chain of runs may take, seconds. Past a few hundred
+#: microseconds of device work per command the dispatch cost (45-80 us per
+#: command, NPU_FACTS.md) is already amortised; a longer chain only delays
+#: cancellation and failure reports and eats into the watchdog's margin.
+CHAIN_BUDGET_S = 0.002
+
+#: Weight of the past in the measured seconds per run of a block shape.
+_DECAY = 0.75
 
 #: Device name fragments (``get_info(name)``) per NPU generation.
 _GENERATION_NAMES = {
@@ -91,6 +111,8 @@ class DeviceInfo:
             run times) or ``"cpu"`` (emulator, runs take their compute time).
         default_profile: the profile name that describes this device.
         reason: why this backend was chosen.
+        runlists: batches of many runs are submitted as ``runlist`` chains
+            (the pyxrt module has ``runlist`` and they were not turned off).
     """
 
     backend: str
@@ -102,6 +124,7 @@ class DeviceInfo:
     timing: str
     default_profile: str
     reason: str
+    runlists: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,7 +171,29 @@ class Completion:
 
 
 class Submission:
-    """The runs of one batch: made by :meth:`NpuDevice.start`, ended by :meth:`NpuDevice.wait`."""
+    """The runs of one batch: made by :meth:`NpuDevice.start`, ended by :meth:`NpuDevice.wait`.
+
+    Attributes (read-only for callers):
+        next_run: index of the next run to start.
+        running: this batch's commands in flight (a run, or a chain of runs),
+            oldest first.
+    """
+
+    __slots__ = (
+        "batch",
+        "block",
+        "chain",
+        "closed",
+        "failed",
+        "n_runs",
+        "next_run",
+        "request",
+        "running",
+        "shape",
+        "slot",
+        "started_at",
+        "stopped",
+    )
 
     def __init__(
         self,
@@ -157,15 +202,174 @@ class Submission:
         n_runs: int,
         batch: int | None,
         request: int | None,
+        shape: _Shape,
     ) -> None:
         self.slot, self.block, self.n_runs = slot, block, n_runs
         self.batch, self.request = batch, request
+        self.shape = shape
         self.started_at = time.perf_counter()
         self.next_run = 0  # index of the next run to start
-        self.running: list[Any] = []  # runs in flight, oldest first
-        self.failed: tuple[int, Any] | None = None  # (run index, run) of the first failure
+        self.running: list[_Command] = []  # commands in flight, oldest first
+        # (index of the failed run or None when the device did not say, its command)
+        self.failed: tuple[int | None, _Command] | None = None
         self.stopped = False  # start no more runs
         self.closed = False  # wait() has returned or raised
+        self.chain = 1  # runs per command, fixed at the first start
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What start and wait need of one block shape, computed once.
+
+    Attributes:
+        stride: bytes of each buffer one run uses, by name.
+        inputs: (name, bytes per run) of each input buffer.
+        output: (name, bytes per run) of the output buffer.
+    """
+
+    stride: Mapping[str, int]
+    inputs: tuple[tuple[str, int], ...]
+    output: tuple[str, int]
+
+
+class _Flag:
+    """A mutable boolean shared by several objects."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = False
+
+
+class _Command:
+    """One command in flight: a single run, or a runlist chaining ``count`` runs.
+
+    ``poll`` waits for it (at most ``timeout_ms``) and is the only call that
+    blocks. A chain's end is known only from ``runlist.wait`` (XRT does not
+    guarantee ``state()`` of runs in a runlist while it executes), so a chain
+    records its outcome when a poll sees it end; one thread at a time polls it.
+    """
+
+    __slots__ = (
+        "chain",
+        "count",
+        "first",
+        "outcome",
+        "polling",
+        "run",
+        "runs",
+        "sub",
+        "submitted_at",
+        "untimed",
+    )
+
+    def __init__(
+        self,
+        sub: Submission,
+        first: int,
+        count: int,
+        run: Any = None,
+        chain: Any = None,
+        runs: tuple[Any, ...] = (),
+        untimed: _Flag | None = None,
+    ) -> None:
+        self.sub, self.first, self.count = sub, first, count
+        self.run, self.chain, self.runs = run, chain, runs
+        self.untimed = untimed  # shared by a device's chains: no timed runlist.wait
+        self.polling = threading.Lock() if chain is not None else None
+        self.submitted_at = time.perf_counter()
+        # Once ended: (completed, index of the failed run or None, state name, exception).
+        self.outcome: tuple[bool, int | None, str, BaseException | None] | None = None
+
+    def ended(self, completed: int) -> bool:
+        """Whether the command has ended, without blocking."""
+        if self.outcome is not None:
+            return True
+        if self.chain is not None:
+            return False
+        state = self.run.state()
+        if int(state) < completed:
+            return False
+        ok = int(state) == completed
+        self.outcome = (ok, None if ok else self.first, _state_name(state), None)
+        return True
+
+    def poll(self, timeout_ms: int, completed: int) -> bool:
+        """Wait up to ``timeout_ms`` for the command's end; whether it has ended."""
+        if self.outcome is not None:
+            return True
+        if self.chain is None:
+            try:
+                self.run.wait(timeout_ms)
+            except BufferHazardError as error:  # emulator: the run ended in ERROR
+                self.outcome = (False, self.first, "ERT_CMD_STATE_ERROR", error)
+                return True
+            return self.ended(completed)
+        if not self.polling.acquire(timeout=timeout_ms / 1000):
+            return self.outcome is not None  # another thread polled it meanwhile
+        try:
+            if self.outcome is None:
+                self._wait_chain(timeout_ms, completed)
+        finally:
+            self.polling.release()
+        return self.outcome is not None
+
+    def _wait_chain(self, timeout_ms: int, completed: int) -> None:
+        try:
+            if self.untimed.value:
+                # This pyxrt's runlist.wait(timeout) does not take (or return) the
+                # stub's types. The untimed wait blocks until the chain ends: at most
+                # about CHAIN_BUDGET_S, as only the oldest command in flight is polled.
+                self.chain.wait()
+                state = "ERT_CMD_STATE_COMPLETED"
+            else:
+                try:
+                    state = self.chain.wait(timeout_ms)
+                except TypeError:
+                    self.untimed.value = True
+                    self.chain.wait()
+                    state = "ERT_CMD_STATE_COMPLETED"
+        except BufferHazardError as error:
+            self.outcome = (False, *self._failed_run(completed, None), error)
+        except RuntimeError as error:  # XRT raises when a run of the list failed
+            said = getattr(error, "state", None)
+            self.outcome = (False, *self._failed_run(completed, said), None)
+        else:
+            name = state if isinstance(state, str) else _state_name(state)
+            if name == "ERT_CMD_STATE_COMPLETED" or (
+                name != "ERT_CMD_STATE_TIMEOUT" and int(state) >= completed
+            ):
+                self.outcome = (True, None, "ERT_CMD_STATE_COMPLETED", None)
+
+    def _failed_run(self, completed: int, said: str | None) -> tuple[int | None, str]:
+        """The first run of a failed chain that did not complete, and its state.
+
+        XRT marks the failed run's state and aborts the later ones when the
+        list's wait throws; when no run says so, the chain's range is reported.
+        """
+        for position, r in enumerate(self.runs):
+            state = r.state()
+            if int(state) != completed:
+                return self.first + position, _state_name(state)
+        return None, said or "ERT_CMD_STATE_ERROR"
+
+    def final(self) -> str:
+        """The state name of a failed command; raises the hazard the emulator reported."""
+        assert self.outcome is not None
+        if self.chain is None and self.outcome[3] is None:
+            # pyxrt's final wait (the emulator raises a mapped-write hazard here).
+            return _state_name(self.run.wait())
+        if self.outcome[3] is not None:
+            raise self.outcome[3]
+        return self.outcome[2]
+
+    def state_name(self) -> str:
+        """The current state, for messages."""
+        if self.outcome is not None:
+            return self.outcome[2]
+        if self.chain is not None:
+            return "ERT_CMD_STATE_NEW"
+        return _state_name(self.run.state())
 
 
 @dataclass(frozen=True)
@@ -277,11 +481,20 @@ class NpuDevice:
         self._xrt = backend.module
         self._device, self._xclbin, self._context, self._kernel = handles
         self._lock = threading.Lock()
-        self._in_flight: list[tuple[Any, Submission, int]] = []  # (run, submission, index)
+        self._in_flight: list[_Command] = []  # every command in flight, oldest first
         self._active: dict[int, Submission] = {}  # slot index -> its unfinished submission
         self._roots: dict[int, dict[str, Any]] = {}  # slot index -> root BO per buffer
         self._subs: dict[tuple[int, str, int], list[Any]] = {}  # (slot, buffer, stride) -> BOs
         self._instr: dict[tuple[int, int, int], tuple[Any, int]] = {}  # block -> (BO, n_insts)
+        self._shapes: dict[tuple[int, int, int], _Shape] = {}  # legal block -> its sizes
+        # (slot, block, run) -> run object with its arguments set: started again.
+        self._runs: dict[tuple[int, tuple[int, int, int], int], Any] = {}
+        # (slot, block, first run, runs) -> (runlist, its runs): re-executed, as XRT allows.
+        self._chains: dict[tuple[int, tuple[int, int, int], int, int], tuple[Any, tuple]] = {}
+        # block -> (decayed seconds, decayed runs) observed: seconds per run of the shape.
+        self._pace: dict[tuple[int, int, int], tuple[float, float]] = {}
+        self._last_end = 0.0  # when the last command was seen to end (perf_counter)
+        self._untimed = _Flag()  # set if this pyxrt's runlist.wait(timeout) does not work
         self._slot_numbers = itertools.count()
         self._closed = False
         # A run has ended when its state is >= COMPLETED, as XRT's own poll decides.
@@ -300,6 +513,7 @@ class NpuDevice:
         xrt_module: ModuleType | None = None,
         index: int = 0,
         timed: bool = False,
+        runlists: bool = True,
         **emulator_options: Any,
     ) -> NpuDevice:
         """Open device ``index``, load ``contract``'s xclbin, create its context and kernel.
@@ -313,6 +527,9 @@ class NpuDevice:
             index: device index.
             timed: emulator only: runs complete no earlier than the profile's
                 modelled ``run_seconds`` (figures stay *modelled*).
+            runlists: submit the runs of a many-run batch as ``runlist``
+                chains when the pyxrt module has ``runlist``; False keeps one
+                command per run (the window every XRT version supports).
             emulator_options: passed to ``emulator.device`` (``generation``,
                 ``watchdog_s``, ``runs_in_flight``, ``faults``, ...).
 
@@ -379,6 +596,7 @@ class NpuDevice:
             ),
             default_profile="cpu" if emulated else generation,
             reason=backend.reason,
+            runlists=bool(runlists) and hasattr(xrt, "runlist"),
         )
         return cls(backend, contract, info, (dev, xclbin, context, kernel))
 
@@ -420,6 +638,10 @@ class NpuDevice:
             self._roots.pop(slot.index, None)
             for key in [key for key in self._subs if key[0] == slot.index]:
                 del self._subs[key]
+            for key in [key for key in self._chains if key[0] == slot.index]:
+                del self._chains[key]
+            for key in [key for key in self._runs if key[0] == slot.index]:
+                del self._runs[key]
 
     # -- runs --------------------------------------------------------------------
 
@@ -443,21 +665,23 @@ class NpuDevice:
             ContractError: ``block`` is not legal for the contract.
             DeviceError: the device refused a call.
         """
-        contract = self.contract
-        contract.check_block(block, self.info.generation)
-        stride = contract.run_buffer_bytes(block)
-        for name, size in stride.items():
-            if n_runs < 1 or n_runs * size > slot.capacity[name]:
+        block = tuple(block)
+        shape = self._shapes.get(block) or self._shape(block)
+        capacity = slot.capacity
+        for name, size in shape.stride.items():
+            if n_runs < 1 or n_runs * size > capacity[name]:
                 raise ShapeError(
                     explain(
                         f"{n_runs} runs of block {block} need {n_runs * size} bytes of "
-                        f"buffer {name!r}; the slot has {slot.capacity[name]}",
+                        f"buffer {name!r}; the slot has {capacity[name]}",
                         "n_runs >= 1 runs that fit the slot",
                         "Allocate a larger slot.",
                     )
                 )
-        sub = Submission(slot, block, n_runs, batch, request)
-        with self._calls(sub):
+        sub = Submission(slot, block, n_runs, batch, request, shape)
+        try:
+            if slot.index in self._active:
+                self._poll_orphans(slot)
             with self._lock:
                 self._check_open()
                 self._reap()
@@ -465,14 +689,21 @@ class NpuDevice:
                     raise _busy(slot)
                 roots = self._roots_of(slot)
                 self._active[slot.index] = sub
+                if n_runs > 1 and self.info.runlists:
+                    sub.chain = self._chain_length(block)
             try:
-                for spec in contract.input_buffers:
-                    roots[spec.name].sync(self._to_device, n_runs * stride[spec.name], 0)
+                for name, size in shape.inputs:
+                    roots[name].sync(self._to_device, n_runs * size, 0)
                 with self._lock:
                     self._fill(sub)
             except BaseException:
                 self._finish(sub)
                 raise
+        except RuntimeError as error:
+            translated = self._translate(error, sub)
+            if translated is error:
+                raise
+            raise translated from error
         return sub
 
     def wait(
@@ -499,20 +730,24 @@ class NpuDevice:
         deadline = None if timeout_s is None else time.perf_counter() + timeout_s
         late, late_state, failed_state = False, None, None
         try:
-            with self._calls(sub):
+            try:
                 late = not self._drain(sub, deadline, should_stop)
                 if late:
                     with self._lock:
                         oldest = sub.running[0] if sub.running else None
-                    late_state = _state_name(oldest.state()) if oldest is not None else None
+                    late_state = oldest.state_name() if oldest is not None else None
                 elif sub.failed is not None:
-                    failed_state = sub.failed[1].wait()  # final; the emulator raises hazards here
+                    failed_state = sub.failed[1].final()  # the emulator raises hazards here
                 elif not sub.stopped:
-                    out = self.contract.output_buffer.name
-                    size = sub.n_runs * self.contract.run_buffer_bytes(sub.block)[out]
-                    self._roots_of(sub.slot)[out].sync(self._from_device, size, 0)
-        finally:
-            self._finish(sub)
+                    out, size = sub.shape.output
+                    self._roots_of(sub.slot)[out].sync(self._from_device, sub.n_runs * size, 0)
+            finally:
+                self._finish(sub)
+        except RuntimeError as error:
+            translated = self._translate(error, sub)
+            if translated is error:
+                raise
+            raise translated from error
         if late:
             raise DeviceError(
                 explain(
@@ -526,15 +761,19 @@ class NpuDevice:
                 request=sub.request,
             )
         if failed_state is not None:
-            name = _state_name(failed_state)
+            index, command = sub.failed
+            which = (
+                f"run {index}"
+                if index is not None
+                else f"a run of runs {command.first}..{command.first + command.count - 1}"
+            )
             raise DeviceError(
                 explain(
-                    f"run {sub.failed[0]} of batch {sub.batch} (request {sub.request}) "
-                    f"ended in {name}",
+                    f"{which} of batch {sub.batch} (request {sub.request}) ended in {failed_state}",
                     "ERT_CMD_STATE_COMPLETED",
                     "The batch's output is lost; retry it or fail its request.",
                 ),
-                state=name,
+                state=failed_state,
                 batch=sub.batch,
                 request=sub.request,
             )
@@ -555,6 +794,7 @@ class NpuDevice:
     ) -> bool:
         """Start and wait for ``sub``'s runs in 2 ms slices: True when all have ended,
         False when the deadline passed first."""
+        completed = self._completed
         while True:
             if should_stop is not None and not sub.stopped and should_stop():
                 sub.stopped = True
@@ -563,35 +803,37 @@ class NpuDevice:
                 self._fill(sub)
                 if not sub.running and (sub.stopped or sub.next_run == sub.n_runs):
                     return True
-                oldest = sub.running[0] if sub.running else None
+                # The device's oldest command, whichever batch it belongs to: commands
+                # end in order, so it ends no later than this batch's; and only a poll
+                # tells that a chain ended, while its own waiter may be busy (waiting
+                # for this very batch) or gone (after a timeout).
+                head = self._in_flight[0] if self._in_flight else None
             if deadline is not None and time.perf_counter() > deadline:
                 return False
-            if oldest is None:
+            if head is None:
                 time.sleep(WAIT_SLICE_MS / 1000)
             else:
-                oldest.wait(WAIT_SLICE_MS)
+                head.poll(WAIT_SLICE_MS, completed)
 
     # -- internals (hold self._lock where noted) ---------------------------------
 
-    @contextlib.contextmanager
-    def _calls(self, sub: Submission) -> Iterator[None]:
+    @staticmethod
+    def _translate(error: RuntimeError, sub: Submission) -> RuntimeError:
         """Turn a failed pyxrt call into DeviceError naming the batch and request.
 
         Rule violations (DriverRuleError, BufferHazardError) are bugs in host
         code, not device faults: they pass unchanged.
         """
-        try:
-            yield
-        except DriverRuleError:
-            raise
-        except DeviceError as error:
+        if isinstance(error, DriverRuleError):
+            return error
+        if isinstance(error, DeviceError):
             if error.batch is not None or error.request is not None:
-                raise
-            raise DeviceError(
+                return error
+            translated = DeviceError(
                 str(error), state=error.state, batch=sub.batch, request=sub.request
-            ) from error
-        except RuntimeError as error:
-            raise DeviceError(
+            )
+        else:
+            translated = DeviceError(
                 explain(
                     f"XRT call failed: {error}",
                     "a working device",
@@ -599,11 +841,44 @@ class NpuDevice:
                 ),
                 batch=sub.batch,
                 request=sub.request,
-            ) from error
+            )
+        return translated
+
+    def _poll_orphans(self, slot: Slot) -> None:
+        """Look (1 ms at most each) whether the chains of a batch whose waiter gave up
+        have ended: only a poll tells, and nobody else polls them."""
+        with self._lock:
+            busy = self._active.get(slot.index)
+            orphans = list(busy.running) if busy is not None and busy.closed else []
+            head = self._in_flight[0] if self._in_flight else None
+        for command in orphans:
+            if command.chain is None:
+                continue  # its state() tells
+            if command is not head:
+                break  # commands end in order: the head has not been seen to end
+            if not command.poll(1, self._completed):
+                break
+            with self._lock:
+                self._reap()
+                head = self._in_flight[0] if self._in_flight else None
 
     def _check_open(self) -> None:
         if self._closed:
             raise DeviceError(explain("the NpuDevice is closed", "an open device", "Open one."))
+
+    def _shape(self, block: tuple[int, int, int]) -> _Shape:
+        """Check ``block`` once and remember what runs of it need."""
+        contract = self.contract
+        contract.check_block(block, self.info.generation)
+        stride = contract.run_buffer_bytes(block)
+        out = contract.output_buffer.name
+        shape = _Shape(
+            stride=stride,
+            inputs=tuple((b.name, stride[b.name]) for b in contract.input_buffers),
+            output=(out, stride[out]),
+        )
+        self._shapes[block] = shape
+        return shape
 
     def _roots_of(self, slot: Slot) -> dict[str, Any]:
         roots = self._roots.get(slot.index)
@@ -640,47 +915,138 @@ class NpuDevice:
         if sub.n_runs == 1:
             return [roots[b.name] for b in self.contract.buffers]
         bos = []
-        for name, stride in self.contract.run_buffer_bytes(sub.block).items():
+        for name, stride in sub.shape.stride.items():
             subs = self._subs.setdefault((sub.slot.index, name, stride), [])
             while len(subs) <= run:
                 subs.append(self._xrt.bo(roots[name], stride, len(subs) * stride))
             bos.append(subs[run])
         return bos
 
+    def _chain_length(self, block: tuple[int, int, int]) -> int:
+        """Runs per command for a batch of ``block``: as many as fit in the chain budget
+        at the measured pace, at most 24; one until the shape has been measured (lock held)."""
+        pace = self._pace.get(block)
+        if pace is None:
+            return 1
+        seconds = pace[0] / pace[1]
+        if seconds <= CHAIN_BUDGET_S / RUNLIST_MAX:
+            return RUNLIST_MAX
+        return max(1, min(RUNLIST_MAX, int(CHAIN_BUDGET_S / seconds)))
+
+    def _run(self, sub: Submission, index: int) -> Any:
+        """The run object of run ``index`` of ``sub``'s slot, its arguments set (lock held).
+
+        Made once per slot, block and index and started again for later
+        batches (``run.start()`` of a run that ended), which spares creating a
+        run (and its command buffer) and setting its arguments per start.
+        """
+        key = (sub.slot.index, sub.block, index)
+        run = self._runs.get(key)
+        if run is None:
+            instr, n_insts = self._instructions(sub.block)
+            run = self._xrt.run(self._kernel)
+            for position, value in enumerate(
+                (self.contract.opcode, instr, n_insts, *self._run_bos(sub, index))
+            ):
+                run.set_arg(position, value)
+            self._runs[key] = run
+        return run
+
+    def _chain(self, sub: Submission, first: int, count: int) -> tuple[Any, tuple]:
+        """The runlist of runs ``first .. first + count - 1`` of ``sub``'s slot (lock held).
+
+        Made once per slot, block and range, and executed again for later
+        batches (XRT allows it once the list was waited for).
+        """
+        key = (sub.slot.index, sub.block, first, count)
+        cached = self._chains.get(key)
+        if cached is None:
+            xrt = self._xrt
+            instr, n_insts = self._instructions(sub.block)
+            chain = xrt.runlist(self._context)
+            runs = []
+            for index in range(first, first + count):
+                r = xrt.run(self._kernel)
+                for position, value in enumerate(
+                    (self.contract.opcode, instr, n_insts, *self._run_bos(sub, index))
+                ):
+                    r.set_arg(position, value)
+                chain.add(r)
+                runs.append(r)
+            cached = self._chains[key] = (chain, tuple(runs))
+        return cached
+
     def _fill(self, sub: Submission) -> None:
-        """Start runs of ``sub`` while the device has room (lock held)."""
-        instr, n_insts = self._instructions(sub.block)
-        while (
-            not sub.stopped
-            and sub.next_run < sub.n_runs
-            and len(self._in_flight) < self.info.runs_in_flight
-        ):
-            index = sub.next_run
-            bos = self._run_bos(sub, index)
-            sub.next_run += 1
+        """Start commands of ``sub`` while the device has room (lock held)."""
+        limit = self.info.runs_in_flight
+        if sub.stopped or sub.next_run >= sub.n_runs or len(self._in_flight) >= limit:
+            return
+        while not sub.stopped and sub.next_run < sub.n_runs and len(self._in_flight) < limit:
+            first = sub.next_run
+            count = min(sub.chain, sub.n_runs - first)
+            sub.next_run += count
             try:
-                run = self._kernel(self.contract.opcode, instr, n_insts, *bos)
+                if count == 1:
+                    run = self._run(sub, first)
+                    run.start()
+                    command = _Command(sub, first, 1, run=run)
+                else:
+                    chain, runs = self._chain(sub, first, count)
+                    chain.execute()
+                    command = _Command(
+                        sub, first, count, chain=chain, runs=runs, untimed=self._untimed
+                    )
             except BaseException:
                 sub.stopped = True
                 raise
-            sub.running.append(run)
-            self._in_flight.append((run, sub, index))
+            sub.running.append(command)
+            self._in_flight.append(command)
 
     def _reap(self) -> None:
-        """Retire every run in flight that has ended, whichever batch it belongs to (lock held)."""
+        """Retire every command in flight that has ended, whichever batch it belongs to
+        (lock held)."""
+        in_flight = self._in_flight
+        if not in_flight:
+            return
+        completed = self._completed
+        ended = [command.ended(completed) for command in in_flight]
+        if not any(ended):
+            return
+        now = time.perf_counter()
         still = []
-        for entry in self._in_flight:
-            run, sub, index = entry
-            state = int(run.state())
-            if state < self._completed:
-                still.append(entry)
+        for command, done in zip(in_flight, ended, strict=True):
+            if not done:
+                still.append(command)
                 continue
-            sub.running.remove(run)
-            if state != self._completed and sub.failed is None:
-                sub.failed, sub.stopped = (index, run), True
-            if sub.closed and not sub.running:
-                self._active.pop(sub.slot.index, None)
+            sub = command.sub
+            sub.running.remove(command)
+            ok, index, _, _ = command.outcome
+            if ok:
+                self._observe(command, now)
+            else:
+                self._pace.pop(sub.block, None)  # slow down again after a failure
+                if sub.failed is None:
+                    sub.failed, sub.stopped = (index, command), True
+            if sub.closed and not sub.running and self._active.get(sub.slot.index) is sub:
+                del self._active[sub.slot.index]
         self._in_flight = still
+
+    def _observe(self, command: _Command, now: float) -> None:
+        """Account a completed command's device time to its block shape (lock held).
+
+        The command reached the device at its submission or when the one
+        before it ended (in order, one context), so the time charged is at
+        least its device time: host delays make the estimate longer, and
+        chains shorter, never the reverse.
+        """
+        began = max(command.submitted_at, self._last_end)
+        self._last_end = now
+        block = command.sub.block
+        seconds, runs = self._pace.get(block, (0.0, 0.0))
+        self._pace[block] = (
+            _DECAY * seconds + max(0.0, now - began),
+            _DECAY * runs + command.count,
+        )
 
     def _finish(self, sub: Submission) -> None:
         """The caller is done with ``sub``; its slot is free once its runs ended."""
@@ -701,13 +1067,17 @@ class NpuDevice:
         while time.perf_counter() < deadline:
             with self._lock:
                 self._reap()
-                if not self._in_flight:
-                    break
-            time.sleep(WAIT_SLICE_MS / 1000)
+                oldest = self._in_flight[0] if self._in_flight else None
+            if oldest is None:
+                break
+            with contextlib.suppress(RuntimeError):  # a lost device: its runs are over
+                oldest.poll(WAIT_SLICE_MS, self._completed)
         dev = self._device
         with self._lock:
             self._in_flight.clear()
             self._active.clear()
+            self._chains.clear()
+            self._runs.clear()
             self._subs.clear()
             self._roots.clear()
             self._instr.clear()

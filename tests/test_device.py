@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import exact, random_int8
 
+from npu_pipeline import device as device_module
 from npu_pipeline import emulator, reference
 from npu_pipeline.contract import load_contract
 from npu_pipeline.device import NpuDevice
@@ -225,6 +226,189 @@ def test_slot_too_small_or_illegal_block_is_refused():
             npu.start(slot, (512, 64, 256))
         with pytest.raises(ContractError, match="illegal"):
             npu.start(slot, (128, 64, 256))
+
+
+# -- runlist chains ---------------------------------------------------------------
+
+
+@pytest.fixture
+def long_chains(monkeypatch):
+    """Any measured pace allows the longest chain (24 runs), so tests do not depend
+    on how fast this machine computes a tile pair."""
+    monkeypatch.setattr(device_module, "CHAIN_BUDGET_S", 1e9)
+
+
+def tile_batch(npu, slot, rng, pairs, **ids):
+    """Pack random tile pairs into ``slot``, start them; return (submission, a, b)."""
+    a, b = random_int8(rng, (pairs, 16, 16)), random_int8(rng, (pairs, 16, 16))
+    pack_tiles(slot, a, b)
+    return npu.start(slot, (16, 16, 16), n_runs=pairs, **ids), a, b
+
+
+def check_tiles(slot, a, b):
+    out = slot.view("out").reshape(-1, 16, 16)
+    for i in range(len(a)):
+        np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
+
+
+def test_tile_batches_are_chained_once_their_pace_is_measured(rng, monkeypatch, long_chains):
+    """First batch of a shape: one run per command. Later: runlists of up to 24 runs,
+    each one command in flight, still one sync in and one sync out per batch."""
+    pairs = 40
+    with NpuDevice.open(TILE16, device="emulator") as npu:
+        assert npu.info.runlists
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        sub, a, b = tile_batch(npu, slot, rng, pairs)
+        assert sub.chain == 1 and len(sub.running) == 4
+        npu.wait(sub)
+        check_tiles(slot, a, b)
+        syncs = count_syncs(monkeypatch)
+        for _ in range(2):  # the second time re-executes the same runlists
+            sub, a, b = tile_batch(npu, slot, rng, pairs)
+            assert sub.chain == 24 and len(sub.running) == 2  # runs 0-23 and 24-39
+            assert sub.next_run == pairs
+            npu.wait(sub)
+            check_tiles(slot, a, b)
+    assert sorted(syncs) == [(0, 512 * pairs)] * 2 + [(1, 256 * pairs)] * 2
+
+
+def test_runlists_can_be_turned_off(rng, long_chains):
+    """runlists=False keeps one command per run: the window every XRT version supports."""
+    pairs = 12
+    with NpuDevice.open(TILE16, device="emulator", runlists=False) as npu:
+        assert not npu.info.runlists
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        for _ in range(2):
+            sub, a, b = tile_batch(npu, slot, rng, pairs)
+            assert sub.chain == 1 and len(sub.running) == 4
+            npu.wait(sub)
+            check_tiles(slot, a, b)
+
+
+def test_chains_respect_the_in_flight_limit(rng, monkeypatch):
+    """Chains of two runs and a limit of two commands: two chains, four runs, in flight."""
+    monkeypatch.setattr(NpuDevice, "_chain_length", lambda self, block: 2)
+    pairs = 16
+    with NpuDevice.open(TILE16, device="emulator", profile=Profile(runs_in_flight=2)) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        sub, a, b = tile_batch(npu, slot, rng, pairs)
+        assert (len(sub.running), sub.next_run) == (2, 4)
+        npu.wait(sub)
+        check_tiles(slot, a, b)
+
+
+def test_chains_without_a_timed_runlist_wait(rng, monkeypatch, long_chains):
+    """A pyxrt whose runlist.wait(timeout) is unusable (pybind11 without chrono
+    conversions raises TypeError): chains are waited for untimed, once each is the
+    oldest command in flight; results and failures are as before."""
+    untimed = emulator.runlist.wait
+
+    def wait(self, timeout=None):
+        if timeout is not None:
+            raise TypeError("incompatible function arguments")
+        return untimed(self)
+
+    monkeypatch.setattr(emulator.runlist, "wait", wait)
+    pairs = 30
+    fault = Fault(FaultKind.ERROR, run_index=2 * pairs + 27)  # run 27 of the third batch
+    with NpuDevice.open(TILE16, device="emulator", faults=[fault]) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        for _ in range(2):
+            sub, a, b = tile_batch(npu, slot, rng, pairs)
+            npu.wait(sub)
+            check_tiles(slot, a, b)
+        assert npu._untimed.value
+        with pytest.raises(DeviceError, match="run 27 of batch 2"):
+            npu.wait(tile_batch(npu, slot, rng, pairs, batch=2)[0])
+
+
+def test_failed_run_inside_a_chain_is_named(rng, long_chains):
+    """A run failing inside a chain: DeviceError naming it; the device keeps serving."""
+    pairs = 12
+    fault = Fault(FaultKind.ERROR, run_index=pairs + 5)  # run 5 of the second batch
+    with NpuDevice.open(TILE16, device="emulator", faults=[fault]) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        npu.wait(tile_batch(npu, slot, rng, pairs)[0])
+        sub = tile_batch(npu, slot, rng, pairs, batch=1, request=3)[0]
+        assert sub.chain > 1
+        with pytest.raises(DeviceError, match="run 5 of batch 1") as info:
+            npu.wait(sub)
+        assert (info.value.state, info.value.request) == ("ERT_CMD_STATE_ERROR", 3)
+        assert not sub.running
+        sub, a, b = tile_batch(npu, slot, rng, pairs)  # the slot and the device serve on
+        npu.wait(sub)
+        check_tiles(slot, a, b)
+
+
+def test_packing_into_a_chained_batch_in_flight_is_caught(rng, long_chains):
+    """A write into the last run's input while its chain runs: that run ends in ERROR
+    and wait raises the hazard; the slot is usable again afterwards."""
+    pairs = 8
+    profile = Profile(seconds=0.01)
+    with NpuDevice.open(TILE16, device="emulator", profile=profile, timed=True) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        npu.wait(tile_batch(npu, slot, rng, pairs)[0])
+        sub = tile_batch(npu, slot, rng, pairs)[0]
+        assert len(sub.running) == 1  # one chain of all eight runs
+        slot.view("in", np.int8)[512 * (pairs - 1)] += 1
+        with pytest.raises(BufferHazardError, match=r"map\(\) view"):
+            npu.wait(sub)
+        sub, a, b = tile_batch(npu, slot, rng, pairs)
+        npu.wait(sub)
+        check_tiles(slot, a, b)
+
+
+def test_a_batch_waits_behind_chains_of_later_batches(rng, monkeypatch):
+    """Batch B is started while the limit is full, so none of its runs start; then
+    batch C takes every place in flight. Waiting for B (before C, as the pipeline's
+    single waiter does) must see C's chains end, although only a poll tells."""
+    monkeypatch.setattr(NpuDevice, "_chain_length", lambda self, block: 2)
+    pairs = 8
+    with NpuDevice.open(TILE16, device="emulator") as npu:
+        slots = [npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs}) for _ in range(3)]
+        sub_a, a_a, b_a = tile_batch(npu, slots[0], rng, pairs)
+        sub_b, a_b, b_b = tile_batch(npu, slots[1], rng, pairs)
+        assert (len(sub_a.running), len(sub_b.running)) == (4, 0)
+        npu.wait(sub_a)
+        sub_c, a_c, b_c = tile_batch(npu, slots[2], rng, pairs)
+        assert len(sub_c.running) == 4
+        npu.wait(sub_b, timeout_s=10)
+        npu.wait(sub_c, timeout_s=10)
+        for slot, a, b in zip(slots, (a_a, a_b, a_c), (b_a, b_b, b_c), strict=True):
+            check_tiles(slot, a, b)
+
+
+def test_chain_of_a_timed_out_wait_frees_its_slot_when_it_ends(rng, long_chains):
+    """After wait(timeout_s) gave up, nobody waits for the chain; starting its slot
+    again looks at it, and the slot is free once it ended."""
+    pairs = 8
+    profile = Profile(seconds=0.03)
+    with NpuDevice.open(TILE16, device="emulator", profile=profile, timed=True) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        npu.wait(tile_batch(npu, slot, rng, pairs)[0])
+        sub = tile_batch(npu, slot, rng, pairs, batch=2)[0]
+        with pytest.raises(DeviceError, match="did not complete within"):
+            npu.wait(sub, timeout_s=0.02)
+        with pytest.raises(BufferHazardError, match="still in flight"):
+            npu.start(slot, (16, 16, 16), n_runs=pairs)
+        time.sleep(pairs * 0.03 + 0.1)
+        sub, a, b = tile_batch(npu, slot, rng, pairs)
+        npu.wait(sub)
+        check_tiles(slot, a, b)
+
+
+def test_should_stop_waits_for_the_chains_in_flight(rng, long_chains):
+    pairs = 40
+    profile = Profile(seconds=0.002)
+    with NpuDevice.open(TILE16, device="emulator", profile=profile, timed=True) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        npu.wait(tile_batch(npu, slot, rng, pairs)[0])
+        sub = tile_batch(npu, slot, rng, pairs)[0]
+        done = npu.wait(sub, should_stop=lambda: True)
+        assert done.cancelled and not sub.running
+        sub, a, b = tile_batch(npu, slot, rng, pairs)
+        assert not npu.wait(sub).cancelled
+        check_tiles(slot, a, b)
 
 
 # -- failures ---------------------------------------------------------------------

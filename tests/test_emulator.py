@@ -232,6 +232,23 @@ def test_int8_output_narrows_like_the_golden_model(rng, rounding, saturation):
     np.testing.assert_array_equal(buffers["out"].view(np.int8).reshape(16, 16), expected)
 
 
+@pytest.mark.parametrize("saturation", list(Saturation))
+@pytest.mark.parametrize("k", [16, 2048])
+def test_floor_narrowing_is_exact_across_k_chunks(rng, k, saturation):
+    """Floor SRS of a float32 product (K <= 1024) and of an int32 chunk sum (K > 1024)."""
+    output = dataclasses.replace(TILE16.output, saturation=saturation)
+    contract = dataclasses.replace(TILE16, output=output)
+    a, b = random_int8(rng, (16, k)), random_int8(rng, (k, 16))
+    buffers = {
+        "in": np.concatenate([a.ravel(), b.ravel()]).view(np.uint8),
+        "out": np.zeros(256, np.uint8),
+    }
+    stream = xrt.InstructionStream("tile_pair", "npu1", (16, k, 16), "row_major")
+    execute(contract, stream, buffers, SCRATCH)
+    expected = reference.srs(exact(a, b), 7, Rounding.FLOOR, saturation)
+    np.testing.assert_array_equal(buffers["out"].view(np.int8).reshape(16, 16), expected)
+
+
 @pytest.mark.parametrize("layout", ["row_major", "tile_major"])
 @pytest.mark.parametrize("block", [(256, 64, 256), (512, 1088, 256)])
 def test_emulated_runs_are_exact(rng, layout, block):
@@ -311,6 +328,28 @@ def test_bad_instruction_stream_ends_in_error(rng, problem):
         n_insts = len(words) + 1 if problem == "count" else len(words)
         run, _ = gemm_run(r, a, b, instr=(instr, n_insts))
         assert run.wait() == S.ERT_CMD_STATE_ERROR
+
+
+def test_instruction_stream_is_read_again_after_every_sync(rng):
+    """The decoded stream is reused only while the instruction BO's device copy is unchanged."""
+    a, b = operands(rng)
+    with rig() as r:
+        words = xrt.instructions(GEMM, BLOCK)
+        instr = xrt.bo(r.dev, words.nbytes, xrt.bo.cacheable, 1)
+        instr.write(words, 0)
+        instr.sync(TO)
+        assert gemm_run(r, a, b, instr=(instr, len(words)))[0].wait() == S.ERT_CMD_STATE_COMPLETED
+        damaged = words.copy()
+        damaged[4] ^= 1
+        instr.write(damaged, 0)  # not synced: the device still holds the good stream
+        assert gemm_run(r, a, b, instr=(instr, len(words)))[0].wait() == S.ERT_CMD_STATE_COMPLETED
+        instr.sync(TO)
+        assert gemm_run(r, a, b, instr=(instr, len(words)))[0].wait() == S.ERT_CMD_STATE_ERROR
+        instr.write(words, 0)
+        instr.sync(TO)
+        run, bo_c = gemm_run(r, a, b, instr=(instr, len(words)))
+        assert run.wait() == S.ERT_CMD_STATE_COMPLETED
+        np.testing.assert_array_equal(read_c(bo_c, *BLOCK[::2]), exact(a, b))
 
 
 # -- driver rules -------------------------------------------------------------------
@@ -588,6 +627,195 @@ def test_runlist_runs_in_order_and_reports_the_failed_run(rng):
                 assert chain.wait(5000) == S.ERT_CMD_STATE_COMPLETED
         for bo_c in outs[:3]:
             np.testing.assert_array_equal(read_c(bo_c, *BLOCK[::2]), exact(a, b))
+
+
+def gemm_chain(r, instr, a, b, runs=3):
+    """A runlist of ``runs`` gemm runs of a @ b, each with its own BOs; (chain, runs, outputs)."""
+    chain, members, outs = xrt.runlist(r.ctx), [], []
+    for _ in range(runs):
+        run = xrt.run(r.kernel)
+        bo_c = r.data(5, C_BYTES)
+        for i, value in enumerate(
+            (3, *instr, r.data(3, a.nbytes, a), r.data(4, b.nbytes, b), bo_c)
+        ):
+            run.set_arg(i, value)
+        chain.add(run)
+        members.append(run)
+        outs.append(bo_c)
+    return chain, members, outs
+
+
+def test_runlist_rules_follow_xrt(rng):
+    """A run joins one runlist once, is started only by it, and a list executing is left alone."""
+    a, b = operands(rng)
+    with rig(timing=slow(0.1)) as r:
+        instr = r.instr(BLOCK)
+        chain, members, _ = gemm_chain(r, instr, a, b, runs=2)
+        with pytest.raises(DriverRuleError, match="already belongs to a runlist"):
+            chain.add(members[0])
+        with pytest.raises(DriverRuleError, match="already belongs to a runlist"):
+            xrt.runlist(r.ctx).add(members[1])
+        with pytest.raises(DriverRuleError, match="belongs to a runlist"):
+            members[0].start()
+        chain.execute()
+        with pytest.raises(DriverRuleError, match="executing"):
+            chain.execute()
+        with pytest.raises(DriverRuleError, match="executing"):
+            chain.add(xrt.run(r.kernel))
+        assert chain.wait(1) == S.ERT_CMD_STATE_TIMEOUT
+        assert chain.wait() is None
+
+
+def test_runlist_executes_again_with_fresh_data_and_checks(rng):
+    """Re-executing a waited-for runlist starts its runs again with their current arguments."""
+    a, b = operands(rng)
+    a2, _ = operands(rng)
+    with rig() as r:
+        instr = r.instr(BLOCK)
+        chain, members, outs = gemm_chain(r, instr, a, b)
+        chain.execute()
+        assert chain.wait(5000) == S.ERT_CMD_STATE_COMPLETED
+        bo_a = members[1]._args[3]
+        bo_a.write(a2, 0)
+        bo_a.sync(TO)
+        chain.execute()
+        assert chain.wait() is None
+        np.testing.assert_array_equal(read_c(outs[0], *BLOCK[::2]), exact(a, b))
+        np.testing.assert_array_equal(read_c(outs[1], *BLOCK[::2]), exact(a2, b))
+        # set_arg drops the checks the run passed: a wrong BO is refused again.
+        members[2].set_arg(3, xrt.bo(r.dev, a.nbytes, xrt.bo.cacheable, 3))
+        with pytest.raises(DriverRuleError, match="flags cacheable"):
+            chain.execute()
+        members[2].set_arg(3, bo_a)
+        chain.execute()
+        assert chain.wait(5000) == S.ERT_CMD_STATE_COMPLETED
+
+
+def test_runlist_wait_with_timeout_raises_for_a_failed_run(rng):
+    """As XRT's runlist::wait(timeout): a failed run raises, it is not returned as a state."""
+    a, b = operands(rng)
+    with rig(faults=[xrt.Fault(xrt.FaultKind.ERROR, run_index=0)]) as r:
+        chain, _, _ = gemm_chain(r, r.instr(BLOCK), a, b, runs=2)
+        chain.execute()
+        with pytest.raises(DeviceError, match="runlist run 0 ended in ERT_CMD_STATE_ERROR") as info:
+            chain.wait(5000)
+        assert info.value.state == "ERT_CMD_STATE_ERROR"
+
+
+def test_a_runlist_is_one_command_in_flight(rng):
+    """Four runlists of three runs are in flight at once; a fifth execute blocks."""
+    a, b = operands(rng)
+    with rig(timing=slow(0.05)) as r:
+        instr = r.instr(BLOCK)
+        chains = [gemm_chain(r, instr, a, b)[0] for _ in range(5)]
+        began = time.perf_counter()
+        for chain in chains[:4]:
+            chain.execute()  # 12 runs, 4 commands: none blocks
+        assert time.perf_counter() - began < 0.15
+        chains[4].execute()  # blocks until the first list's three runs completed
+        assert time.perf_counter() - began >= 0.15
+        for chain in chains:
+            assert chain.wait(5000) == S.ERT_CMD_STATE_COMPLETED
+
+
+def tile_chain(r, pairs, order=None):
+    """A runlist of tile pairs on sub-buffers of one input and one output BO."""
+    instr, n_insts = r.instr((16, 16, 16))
+    bo_in, bo_out = r.data(3, 512 * pairs), r.data(4, 256 * pairs)
+    chain, members = xrt.runlist(r.ctx), []
+    for i in order or range(pairs):
+        run = xrt.run(r.kernel)
+        args = (3, instr, n_insts, xrt.bo(bo_in, 512, 512 * i), xrt.bo(bo_out, 256, 256 * i))
+        for j, value in enumerate(args):
+            run.set_arg(j, value)
+        chain.add(run)
+        members.append(run)
+    return chain, members, bo_in, bo_out
+
+
+def pack_pairs(bo_in, a, b):
+    bo_in.write(np.concatenate([a.reshape(len(a), 256), b.reshape(len(b), 256)], axis=1), 0)
+    bo_in.sync(TO)
+
+
+def tile_outputs(bo_out, pairs):
+    bo_out.sync(FROM)
+    return bo_out.read(256 * pairs, 0).reshape(pairs, 16, 16)
+
+
+@pytest.mark.parametrize("order", ["consecutive", "reversed"])
+def test_chained_tile_pairs_are_exact(rng, order):
+    """Consecutive sub-buffers are computed together, others run by run: both exactly."""
+    pairs = 24
+    a, b = random_int8(rng, (pairs, 16, 16)), random_int8(rng, (pairs, 16, 16))
+    with rig(TILE16) as r:
+        runs = range(pairs) if order == "consecutive" else range(pairs - 1, -1, -1)
+        chain, _, bo_in, bo_out = tile_chain(r, pairs, list(runs))
+        pack_pairs(bo_in, a, b)
+        for _ in range(2):  # and again, with the checks and plans the runs kept
+            chain.execute()
+            assert chain.wait() is None
+            out = tile_outputs(bo_out, pairs)
+            for i in range(pairs):
+                np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
+
+
+def test_failed_run_in_a_chain_of_tile_pairs_stops_it_there(rng):
+    """Runs before the failed one complete, it fails, the rest abort: no output written."""
+    pairs = 12
+    a, b = random_int8(rng, (pairs, 16, 16)), random_int8(rng, (pairs, 16, 16))
+    with rig(TILE16, faults=[xrt.Fault(xrt.FaultKind.ERROR, run_index=5)]) as r:
+        chain, members, bo_in, bo_out = tile_chain(r, pairs)
+        pack_pairs(bo_in, a, b)
+        chain.execute()
+        with pytest.raises(DeviceError, match="runlist run 5 ended in ERT_CMD_STATE_ERROR"):
+            chain.wait()
+        states = [run.state() for run in members]
+        assert (
+            states
+            == [S.ERT_CMD_STATE_COMPLETED] * 5
+            + [S.ERT_CMD_STATE_ERROR]
+            + [S.ERT_CMD_STATE_ABORT] * 6
+        )
+        out = tile_outputs(bo_out, pairs)
+        for i in range(5):
+            np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
+        assert not out[5:].any()
+
+
+def test_mapped_write_during_a_chain_of_tile_pairs_is_caught(rng, monkeypatch):
+    """A write into run 3's input while the chain computes: runs 0-2 complete, run 3
+    ends in ERROR (wait raises the hazard), the rest abort with no output written."""
+    from npu_pipeline.emulator import _queue
+
+    pairs = 8
+    a, b = random_int8(rng, (pairs, 16, 16)), random_int8(rng, (pairs, 16, 16))
+    with rig(TILE16) as r:
+        chain, members, bo_in, bo_out = tile_chain(r, pairs)
+        pack_pairs(bo_in, a, b)
+        view = np.frombuffer(bo_in.map(), dtype=np.uint8)
+        compute = _queue.execute_tile_pairs
+
+        def host_writes_meanwhile(*args):
+            view[3 * 512] ^= 1  # the host packing into a run still in flight
+            monkeypatch.setattr(_queue, "execute_tile_pairs", compute)
+            return compute(*args)
+
+        monkeypatch.setattr(_queue, "execute_tile_pairs", host_writes_meanwhile)
+        chain.execute()
+        with pytest.raises(BufferHazardError, match=r"run #3 .*map\(\) view"):
+            chain.wait()
+        states = [run.state() for run in members]
+        assert (
+            states
+            == [S.ERT_CMD_STATE_COMPLETED] * 3
+            + [S.ERT_CMD_STATE_ERROR]
+            + [S.ERT_CMD_STATE_ABORT] * 4
+        )
+        out = tile_outputs(bo_out, pairs)
+        for i in range(3):
+            np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
+        assert not out[4:].any()
 
 
 # -- cleanup ----------------------------------------------------------------------

@@ -7,6 +7,9 @@ Rows (all measured on this host, none modelled):
   the output, for the tiny 16x16x16 block of ``tile16_legacy`` (dispatch
   cost) and the smallest legal ``gemm_i8_i32`` block (256x64x256); and the
   tiny one through ``NpuDevice`` (input sync, start, wait in slices, output sync);
+- a batch of 24 tile pairs through ``NpuDevice`` (one sync in, the runs, one
+  sync out), per run: as one ``runlist`` chain (one command), and with
+  runlists off (24 commands, four in flight);
 - the exact int8 -> int32 compute of a 512x512x512 block as the device thread
   runs it (int8 -> float32, BLAS, float32 -> int32 into the output), beside a
   bare numpy float32 matmul of the same shape, sampled alternately so both
@@ -30,6 +33,7 @@ from npu_pipeline.emulator._compute import Scratch, execute
 TINY = (16, 16, 16)  # tile16_legacy's one block
 SMALL = (256, 64, 256)  # the smallest legal gemm_i8_i32 block on npu1
 BIG = (512, 512, 512)
+CHAIN = 24  # tile pairs per batch: one full runlist chain
 TO = xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE
 FROM = xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_FROM_DEVICE
 
@@ -91,6 +95,16 @@ def run(quick: bool = False) -> Section:
     with NpuDevice.open(tile16, device="emulator") as npu:
         slot = npu.allocate_slot(TINY)
         device_s = median_seconds(lambda: npu.wait(npu.start(slot, TINY)), repeat=trips, warmup=20)
+    batch_s = {}
+    for runlists in (True, False):
+        with NpuDevice.open(tile16, device="emulator", runlists=runlists) as npu:
+            pairs = npu.allocate_slot({"in": 512 * CHAIN, "out": 256 * CHAIN})
+
+            def batch(npu: NpuDevice = npu, slot: object = pairs) -> None:
+                npu.wait(npu.start(slot, TINY, n_runs=CHAIN))
+
+            # The warm-up measures the pace that sizes the chains.
+            batch_s[runlists] = median_seconds(batch, repeat=trips // 8, warmup=3) / CHAIN
 
     m, k, n = BIG
     rng = np.random.default_rng(1)
@@ -114,6 +128,18 @@ def run(quick: bool = False) -> Section:
     rows = [
         Row("emulator round trip, 16x16x16 tile", tiny_s * 1e6, "us", f"median of {trips}"),
         Row("NpuDevice start+wait, 16x16x16 tile", device_s * 1e6, "us", f"median of {trips}"),
+        Row(
+            f"NpuDevice batch of {CHAIN} tiles, runlist chain, per run",
+            batch_s[True] * 1e6,
+            "us",
+            f"median of {trips // 8}",
+        ),
+        Row(
+            f"NpuDevice batch of {CHAIN} tiles, one command per run, per run",
+            batch_s[False] * 1e6,
+            "us",
+            f"median of {trips // 8}",
+        ),
         Row(
             "emulator round trip, 256x64x256 block", small_s * 1e6, "us", f"median of {trips // 4}"
         ),

@@ -9,6 +9,14 @@ thread computes while the host's Python threads keep running.
 
 Work arrays are reused (:class:`Scratch`, one per device thread): a fresh
 megabyte costs more in page faults than converting it.
+
+Each byte moves as few times as possible: each int8 operand is converted to
+float32 in one pass; with K <= 1024 the float32 product is converted straight
+into the output buffer's device copy (one pass), with larger K the chunk
+products are added straight into it (no int32 work array); an int8 output
+with floor rounding is shifted, clamped and narrowed in float32 (exact:
+dividing an integer below ``2**24`` by a power of two and flooring it is
+exact in float32), other rounding modes go through the golden model.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import numpy as np
 from npu_pipeline.contract import KernelContract, OutputSpec
 from npu_pipeline.emulator._instructions import InstructionStream
 from npu_pipeline.errors import ContractError, explain
-from npu_pipeline.reference import Rounding, saturate, srs
+from npu_pipeline.reference import Rounding, Saturation, saturate, srs
 
 #: Largest K chunk whose float32 partial sums are exact for int8 operands.
 K_CHUNK = 1024
@@ -47,10 +55,17 @@ def _logical(flat: np.ndarray, rows: int, cols: int, tile: tuple[int, int]) -> n
     """A (rows x cols) matrix stored as row-major ``tile``-sized tiles, tiles row-major.
 
     Returned as a 4-D view of shape (rows/tr, tr, cols/tc, tc), which is the
-    matrix in logical order; a tile of the whole matrix is plain row-major.
+    matrix in logical order; a tile of the whole matrix is plain row-major
+    (returned as a 2-D view then).
     """
     tr, tc = tile
+    if tr == rows and tc == cols:
+        return flat[: rows * cols].reshape(rows, cols)
     return flat[: rows * cols].reshape(rows // tr, cols // tc, tr, tc).transpose(0, 2, 1, 3)
+
+
+#: Alignment of scratch arrays, bytes (a cache line; BLAS packs faster from it).
+_ALIGN = 64
 
 
 class Scratch:
@@ -58,39 +73,65 @@ class Scratch:
 
     def __init__(self) -> None:
         self._flat: dict[str, np.ndarray] = {}
+        self._views: dict[tuple[str, tuple[int, int], type], np.ndarray] = {}
 
     def array(self, role: str, shape: tuple[int, int], dtype: type = np.float32) -> np.ndarray:
         """An uninitialised ``shape`` array of ``dtype`` for ``role``; valid until the next call."""
+        key = (role, shape, dtype)
+        view = self._views.get(key)
+        if view is not None:
+            return view
         size = shape[0] * shape[1]
         flat = self._flat.get(role)
         if flat is None or flat.size < size or flat.dtype != dtype:
-            flat = self._flat[role] = np.empty(size, dtype=dtype)
-        return flat[:size].reshape(shape)
+            flat = self._flat[role] = _aligned(size, dtype)
+            self._views = {k: v for k, v in self._views.items() if k[0] != role}
+        if len(self._views) >= 256:  # many shapes: keep the cache small
+            self._views.clear()
+        view = self._views[key] = flat[:size].reshape(shape)
+        return view
+
+
+def _aligned(size: int, dtype: type) -> np.ndarray:
+    itemsize = np.dtype(dtype).itemsize
+    raw = np.empty(size * itemsize + _ALIGN, dtype=np.uint8)
+    skip = -raw.ctypes.data % _ALIGN
+    return raw[skip : skip + size * itemsize].view(dtype)
 
 
 def _as_float32(operand: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Copy a logical 4-D int8 operand into the float32 matrix ``out``."""
-    np.copyto(out.reshape(operand.shape), operand)
+    """Copy a logical (2-D or 4-D) int8 operand into the float32 matrix ``out``."""
+    np.copyto(out.reshape(operand.shape) if operand.ndim != 2 else out, operand)
     return out
 
 
-def exact_product(a: np.ndarray, b: np.ndarray, scratch: Scratch) -> np.ndarray:
+def exact_product(
+    a: np.ndarray, b: np.ndarray, scratch: Scratch, out: np.ndarray | None = None
+) -> np.ndarray:
     """``a @ b`` for float32 matrices holding int8 values, exactly.
 
-    Returns float32 when K fits one chunk (its values are exact integers),
-    else int32 (chunk sums added in int32). The result lives in ``scratch``.
+    Without ``out``: returns float32 when K fits one chunk (its values are
+    exact integers), else int32 (chunk sums added in int32); the result lives
+    in ``scratch``. With ``out`` (an int32 array of the product's shape, or
+    a view of the product's logical shape): the exact product is written
+    into it, and it is returned.
     """
     (m, k), n = a.shape, b.shape[1]
     part = scratch.array("product", (m, n))
     if k <= K_CHUNK:
-        return np.matmul(a, b, out=part)
-    acc = scratch.array("sum", (m, n), np.int32)
+        np.matmul(a, b, out=part)
+        if out is None:
+            return part
+        np.copyto(out, part if out.ndim == 2 else part.reshape(out.shape), casting="unsafe")
+        return out
+    acc = scratch.array("sum", (m, n), np.int32) if out is None else out
+    chunk = part if acc.ndim == 2 else part.reshape(acc.shape)
     for k0 in range(0, k, K_CHUNK):
         np.matmul(a[:, k0 : k0 + K_CHUNK], b[k0 : k0 + K_CHUNK], out=part)
         if k0 == 0:
-            np.copyto(acc, part, casting="unsafe")
+            np.copyto(acc, chunk, casting="unsafe")
         else:
-            np.add(acc, part, out=acc, casting="unsafe")  # exact: added in float64
+            np.add(acc, chunk, out=acc, casting="unsafe")  # exact: added in float64
     return acc
 
 
@@ -104,6 +145,43 @@ def narrow(product: np.ndarray, out: OutputSpec) -> np.ndarray:
     if out.rounding is Rounding.FLOOR:
         return saturate(acc >> out.shift, out.saturation)
     return srs(acc, out.shift, out.rounding, out.saturation)
+
+
+#: Clamp bounds of the saturating modes.
+_CLAMP = {Saturation.SATURATE: (-128.0, 127.0), Saturation.SYMMETRIC: (-127.0, 127.0)}
+
+
+def _narrow_into(product: np.ndarray, spec: OutputSpec, c: np.ndarray) -> None:
+    """Write SRS(``product``) into the int8 view ``c`` (the product may be overwritten).
+
+    Floor rounding of a float32 product (exact integers below ``2**24`` in
+    magnitude) is done in place in float32: a multiplication by ``2**-shift``
+    and a floor are exact there. Wrap-around narrows through int32. An int32
+    product (K above one chunk) shifts arithmetically. Other modes use the
+    golden model.
+    """
+    shape = c.shape
+    if spec.rounding is Rounding.FLOOR and product.dtype == np.float32:
+        if spec.shift:
+            np.multiply(product, 2.0**-spec.shift, out=product)
+            np.floor(product, out=product)
+        bounds = _CLAMP.get(spec.saturation)
+        if bounds is None:  # wrap-around: exact integers -> int32 -> low byte
+            np.copyto(c, product.astype(np.int32).reshape(shape), casting="unsafe")
+            return
+        np.maximum(product, bounds[0], out=product)
+        np.minimum(product, bounds[1], out=product)
+        np.copyto(c, product.reshape(shape), casting="unsafe")
+        return
+    if spec.rounding is Rounding.FLOOR and product.dtype == np.int32:
+        np.right_shift(product, spec.shift, out=product)
+        bounds = _CLAMP.get(spec.saturation)
+        if bounds is not None:
+            np.maximum(product, int(bounds[0]), out=product)
+            np.minimum(product, int(bounds[1]), out=product)
+        np.copyto(c, product.reshape(shape), casting="unsafe")  # in range, or wraps
+        return
+    np.copyto(c, narrow(product, spec).reshape(shape), casting="unsafe")
 
 
 def execute(
@@ -123,22 +201,68 @@ def execute(
     m, k, n = stream.block
     if stream.layout == "tile_major":
         r, s, t = contract.target(stream.generation).micro_tile
-        tiles = {"A": (r, s), "B": (s, t), "C": (r, t)}
+        tile_a, tile_b, tile_c = (r, s), (s, t), (r, t)
     else:
-        tiles = {"A": (m, k), "B": (k, n), "C": (m, n)}
-    operands: dict[str, np.ndarray] = {}
+        tile_a, tile_b, tile_c = (m, k), (k, n), (m, n)
+    raw_a = raw_b = None
     for spec in contract.input_buffers:
         raw = buffers[spec.name].view(np.int8)
         if spec.operand == "AB":  # tile pair: the A tile, then the B tile
-            operands["A"], operands["B"] = raw[: m * k], raw[m * k : m * k + k * n]
+            raw_a, raw_b = raw[: m * k], raw[m * k : m * k + k * n]
+        elif spec.operand == "A":
+            raw_a = raw
         else:
-            operands[spec.operand] = raw
-    a = _as_float32(_logical(operands["A"], m, k, tiles["A"]), scratch.array("a", (m, k)))
-    b = _as_float32(_logical(operands["B"], k, n, tiles["B"]), scratch.array("b", (k, n)))
-    product = exact_product(a, b, scratch)
+            raw_b = raw
+    a = _as_float32(_logical(raw_a, m, k, tile_a), scratch.array("a", (m, k)))
+    b = _as_float32(_logical(raw_b, k, n, tile_b), scratch.array("b", (k, n)))
 
     out_spec = contract.output_buffer
-    c = _logical(buffers[out_spec.name].view(out_spec.dtype), m, n, tiles["C"])
+    c = _logical(buffers[out_spec.name].view(out_spec.dtype), m, n, tile_c)
     if contract.output.dtype == "int8":
-        product = narrow(product, contract.output)
-    np.copyto(c, product.reshape(c.shape), casting="unsafe")
+        _narrow_into(exact_product(a, b, scratch), contract.output, c)
+    else:
+        exact_product(a, b, scratch, out=c)
+
+
+def can_group(contract: KernelContract, stream: InstructionStream) -> bool:
+    """Whether runs of ``stream`` may be computed together by :func:`execute_tile_pairs`."""
+    return (
+        contract.semantic == "tile_pair"
+        and stream.layout == "row_major"
+        and stream.block[1] <= K_CHUNK
+    )
+
+
+def execute_tile_pairs(
+    contract: KernelContract,
+    stream: InstructionStream,
+    pairs: np.ndarray,
+    scratch: Scratch,
+) -> np.ndarray:
+    """Several runs of a ``tile_pair`` contract at once, bit-exactly as :func:`execute`.
+
+    Args:
+        pairs: (runs, input bytes) uint8, each row one run's input buffer
+            (the A tile, then the B tile). Only read.
+        scratch: the calling thread's work arrays.
+
+    Returns:
+        (runs, output bytes) uint8, each row one run's output buffer, in
+        ``scratch`` (valid until its next use).
+    """
+    m, k, n = stream.block
+    runs = pairs.shape[0]
+    raw = pairs.view(np.int8)
+    a = scratch.array("pairs_a", (runs * m, k)).reshape(runs, m, k)
+    b = scratch.array("pairs_b", (runs * k, n)).reshape(runs, k, n)
+    np.copyto(a, raw[:, : m * k].reshape(runs, m, k))
+    np.copyto(b, raw[:, m * k : m * k + k * n].reshape(runs, k, n))
+    product = scratch.array("pairs_product", (runs * m, n)).reshape(runs, m, n)
+    np.matmul(a, b, out=product)  # exact: every partial sum below 2**24 (K <= 1024)
+    out_dtype = np.dtype(contract.output_buffer.dtype)
+    c = scratch.array("pairs_c", (runs, m * n), out_dtype.type)
+    if contract.output.dtype == "int8":
+        _narrow_into(product, contract.output, c.reshape(runs, m, n))
+    else:
+        np.copyto(c.reshape(runs, m, n), product, casting="unsafe")
+    return c.view(np.uint8)

@@ -27,14 +27,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from npu_pipeline.contract import KernelContract
 from npu_pipeline.emulator._buffers import Use
-from npu_pipeline.emulator._compute import Scratch, execute
+from npu_pipeline.emulator._compute import Scratch, can_group, execute, execute_tile_pairs
 from npu_pipeline.emulator._enums import ert_cmd_state
 from npu_pipeline.emulator._faults import FaultKind
 from npu_pipeline.emulator._instructions import InstructionStream
@@ -60,43 +59,77 @@ def live_device_threads() -> int:
     return sum(t.name.startswith(THREAD_PREFIX) for t in threading.enumerate())
 
 
-@dataclass(frozen=True, eq=False)
 class Launch:
     """One started run as the device sees it.
 
     Attributes:
-        run: the ``run`` object; the queue calls its ``_finish(launch, state)``.
+        run: the ``run`` object; the queue ends it with ``_end`` and ``_signal``.
         index: the run's device-wide number.
         fault: the fault injected for this run, if any.
         contract: what the kernel computes.
         stream: the decoded instruction stream, or ``None`` if malformed.
         views: uint8 views of each buffer's device copy, sized for the block.
         uses: the byte ranges the run holds while in flight.
+        watched: the uses whose host bytes were recorded at start (mapped
+            BOs, when mapped-write detection is on): checked again at the end.
         submitted_at: ``time.perf_counter()`` when the run was started.
     """
 
-    run: Any
-    index: int
-    fault: FaultKind | None
-    contract: KernelContract
-    stream: InstructionStream | None
-    views: Mapping[str, np.ndarray]
-    uses: list[Use]
-    submitted_at: float
+    __slots__ = (
+        "contract",
+        "fault",
+        "index",
+        "run",
+        "stream",
+        "submitted_at",
+        "uses",
+        "views",
+        "watched",
+    )
+
+    def __init__(
+        self,
+        run: Any,
+        index: int,
+        fault: FaultKind | None,
+        contract: KernelContract,
+        stream: InstructionStream | None,
+        views: Mapping[str, np.ndarray],
+        uses: list[Use],
+        submitted_at: float,
+    ) -> None:
+        self.run, self.index, self.fault, self.contract = run, index, fault, contract
+        self.stream, self.views, self.uses = stream, views, uses
+        self.watched = [use for use in uses if use.watched]
+        self.submitted_at = submitted_at
 
 
 class Command:
-    """One unit of the queue: a started run, or an executed runlist."""
+    """One unit of the queue: a started run, or an executed runlist.
 
-    def __init__(self, launches: list[Launch]) -> None:
+    Attributes:
+        launches: its runs, in order.
+        done: set when every run ended (a runlist waits on it), or ``None``
+            for a single run (whose own ``wait`` is enough).
+        failed: position in ``launches`` of the first run that did not end
+            in ``ERT_CMD_STATE_COMPLETED``, once the command ended.
+    """
+
+    __slots__ = ("done", "failed", "launches")
+
+    def __init__(self, launches: list[Launch], done: threading.Event | None = None) -> None:
         self.launches = launches
-        self.done = threading.Event()
+        self.done = done
+        self.failed: int | None = None
 
     def finish_all(self, state: ert_cmd_state) -> None:
         """End every run of the command in ``state`` (a command that never executes)."""
         for launch in self.launches:
             launch.run._finish(launch, state)
-        self.done.set()
+        if self.launches and state != COMPLETED:
+            self.failed = 0
+        if self.done is not None:
+            self.done.set()
 
 
 class CommandQueue:
@@ -180,18 +213,130 @@ class CommandQueue:
             del command
 
     def _run_command(self, command: Command) -> None:
-        failed = False
-        for launch in command.launches:
+        launches = command.launches
+        position = 0
+        while position < len(launches):
+            if position < len(launches) - 1 and command.failed is None and not self._stop.is_set():
+                end = self._group_end(launches, position)
+                if end - position > 1:
+                    done = self._run_group(command, position, end)
+                    position += done
+                    if done:
+                        continue  # what is left of the group runs one by one
             # A failed run ends the rest of its runlist (XRT skips them as ABORT).
-            state = ABORT if failed or self._stop.is_set() else self._execute(launch)
+            skip = command.failed is not None or self._stop.is_set()
+            state = ABORT if skip else self._execute(launches[position])
             self._last_completion = time.perf_counter()
-            launch.run._finish(launch, state)
-            failed = state != COMPLETED
             if state == TIMEOUT:
                 # Watchdog recovery stops and restarts the context: queued runs abort.
                 self.abort_pending()
-        command.done.set()
+            self._complete(command, position, state)
+            position += 1
+
+    def _complete(
+        self, command: Command, position: int, state: ert_cmd_state, checked: bool = False
+    ) -> None:
+        """End run ``position`` of ``command``; after its last run, end the command.
+
+        The command's in-flight slot is given back before its last run is
+        seen to end, so a host that starts the next run as soon as it sees
+        the end never blocks on the slot.
+        """
+        launch = command.launches[position]
+        final = launch.run._end(launch, state, checked)
+        if final != COMPLETED and command.failed is None:
+            command.failed = position
+        if position < len(command.launches) - 1:
+            launch.run._signal()
+            return
         self._retire(1)
+        launch.run._signal()
+        if command.done is not None:
+            command.done.set()
+
+    # -- runs of a runlist computed together ---------------------------------------
+    #
+    # A runlist of tile pairs (16x16x16 each) spends most of its device time in
+    # per-run Python overhead, not arithmetic. Consecutive runs of one stream
+    # whose buffers are consecutive equal slices of the same BOs (sub-buffers
+    # of one root, as NpuDevice lays a batch out) are computed in one batched
+    # product into scratch. Nothing is written, and no run ends, unless every
+    # per-run rule holds as it would run by run: no timing model, no fault
+    # planned, the device not lost, the context not closing, the watchdog not
+    # passed, and no mapped-write hazard (checked per run, in order: from the
+    # first run with one, the runs go one by one, so that run ends in ERROR
+    # and the rest ABORT with their outputs unwritten, exactly as without
+    # grouping).
+
+    def _group_end(self, launches: list[Launch], position: int) -> int:
+        """End (exclusive) of the runs from ``position`` that can be computed together."""
+        first = launches[position]
+        stream = first.stream
+        if (
+            self._state.timing is not None
+            or first.fault is not None
+            or stream is None
+            or not can_group(first.contract, stream)
+        ):
+            return position
+        # The data buffers, in contract order (the last use is the instruction BO):
+        # (storage, start of run `position`, bytes per run).
+        data = [(use.storage, use.start, use.end - use.start) for use in first.uses[:-1]]
+        end = position + 1
+        while end < len(launches):
+            launch = launches[end]
+            if (
+                launch.fault is not None
+                or launch.contract is not first.contract
+                or (launch.stream is not stream and launch.stream != stream)
+            ):
+                break
+            step = end - position
+            for use, (storage, start, size) in zip(launch.uses, data, strict=False):
+                if (
+                    use.storage is not storage
+                    or use.start != start + step * size
+                    or use.end - use.start != size
+                ):
+                    return end
+            end += 1
+        return end
+
+    def _run_group(self, command: Command, position: int, end: int) -> int:
+        """Compute runs ``position .. end - 1`` of ``command`` together; end the leading
+        runs that complete; return how many did (0: they must go one by one)."""
+        state = self._state
+        group = command.launches[position:end]
+        first = group[0]
+        contract = first.contract
+        device_start = max(first.submitted_at, self._last_completion)
+        inputs = [i for i, spec in enumerate(contract.buffers) if spec.role == "input"]
+        if len(inputs) != 1:
+            return 0
+        output = [spec.name for spec in contract.buffers].index(contract.output_buffer.name)
+        source, target = first.uses[inputs[0]], first.uses[output]
+        runs, size = len(group), source.end - source.start
+        pairs = source.storage.device[source.start : source.start + runs * size]
+        results = execute_tile_pairs(
+            contract, first.stream, pairs.reshape(runs, size), self._scratch
+        )
+        now = time.perf_counter()
+        watchdog = state.watchdog_s
+        if state.lost or self._stop.is_set() or 0 < watchdog < now - device_start:
+            return 0
+        done = runs
+        for index, launch in enumerate(group):
+            if any(use.host_changed() for use in launch.watched):
+                done = index
+                break
+        if done:
+            size = target.end - target.start
+            written = results[:done].reshape(-1)
+            target.storage.device[target.start : target.start + done * size] = written
+        for index in range(position, position + done):
+            self._last_completion = now
+            self._complete(command, index, COMPLETED, checked=True)
+        return done
 
     def _sleep_until(self, deadline: float) -> bool:
         """Sleep until ``deadline`` (perf_counter seconds); False if the context closed."""

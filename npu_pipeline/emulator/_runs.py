@@ -11,15 +11,25 @@ The block shape is read from the instruction BO's *device copy*: a stream
 that does not decode (never synced, wrong count, corrupted, built for another
 contract or NPU generation) is not refused at start; the run ends in
 ``ERT_CMD_STATE_ERROR``, as the firmware fails it on hardware.
+
+What the checks cost is kept off the per-run path without skipping any: a
+run's argument checks (count, opcode, each BO's flags, group, device and the
+instruction count's range) depend only on its arguments, which only
+``set_arg`` changes, so a run started again with the same arguments (a
+re-executed runlist) is not checked twice; the decoded stream of an
+instruction BO is reused while its device copy is unchanged (every
+``sync(TO_DEVICE)`` invalidates it); block legality and bytes per buffer are
+computed once per block shape.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any
 
-from npu_pipeline.emulator._buffers import Use, bo, claim, release
+from npu_pipeline.emulator._buffers import Storage, Use, bo, claim, release
 from npu_pipeline.emulator._device import hw_context
 from npu_pipeline.emulator._enums import BOFlags, ert_cmd_state
 from npu_pipeline.emulator._instructions import (
@@ -62,13 +72,26 @@ class kernel:
             )
         ctx._state.check_alive("kernel creation")
         self._ctx = ctx
-        self._contract = ctx.get_xclbin().contract
-        if name != self._contract.kernel_name:
+        contract = self._contract = ctx.get_xclbin().contract
+        if name != contract.kernel_name:
             raise _rule(
                 f"no kernel {name!r} in the xclbin",
-                f"{self._contract.kernel_name!r}",
+                f"{contract.kernel_name!r}",
                 "Use a name from xclbin.get_kernels().",
             )
+        # What every start needs of the contract, computed once.
+        self._n_args = len(contract.arguments)
+        output = contract.output_buffer.name
+        self._data = tuple((spec.name, spec.name == output) for spec in contract.buffers)
+        self._stream_count = instruction_count(contract, WORDS)
+        # block -> bytes of each data buffer one run of it uses, in argument order.
+        self._needs: dict[tuple[int, int, int], tuple[int, ...]] = {}
+        # (block, generation) -> whether the contract allows it.
+        self._legal: dict[tuple[tuple[int, int, int], str], bool] = {}
+        # instruction BO storage -> {(offset, n_words, n_insts): (device_version, stream)}.
+        self._streams: weakref.WeakKeyDictionary[
+            Storage, dict[tuple[int, int, int], tuple[int, InstructionStream | None]]
+        ] = weakref.WeakKeyDictionary()
 
     def group_id(self, index: int) -> int:
         """The memory group of argument ``index`` (a BO argument)."""
@@ -117,10 +140,10 @@ class kernel:
             )
         return value
 
-    def _launch(self, target: run, args: list[Any]) -> Launch:
-        """Check a run's arguments, decode its instructions and claim its buffers."""
-        contract, state = self._contract, self._ctx._state
-        state.check_alive("start")
+    def _check_args(self, args: list[Any]) -> None:
+        """Every check that depends only on a run's arguments (BOs never change flags,
+        group, device or size, so these hold until ``set_arg`` is called again)."""
+        contract = self._contract
         names = contract.arguments
         if len(args) != len(names) or any(a is None for a in args):
             raise _rule(
@@ -131,73 +154,144 @@ class kernel:
         opcode, instr, n_insts, *data = args
         if opcode != contract.opcode:
             raise _rule(f"opcode {opcode!r}", f"{contract.opcode}", "Pass the contract's opcode.")
-        instr = self._check_bo(instr, "instr", BOFlags.cacheable, contract.instr_group_id)
-        buffers = {
-            spec.name: self._check_bo(value, spec.name, BOFlags.host_only, spec.group_id)
-            for spec, value in zip(contract.buffers, data, strict=True)
-        }
-        n_words = int(n_insts) if contract.instr_count_unit == "words" else int(n_insts) // 4
+        self._check_bo(instr, "instr", BOFlags.cacheable, contract.instr_group_id)
+        for spec, value in zip(contract.buffers, data, strict=True):
+            self._check_bo(value, spec.name, BOFlags.host_only, spec.group_id)
+        n_words = self._n_words(n_insts)
         if not 0 < 4 * n_words <= instr.size():
             raise _rule(
                 f"n_insts={n_insts} ({contract.instr_count_unit})",
                 f"a count within the instruction BO's {instr.size()} bytes",
                 "Pass the length of the instruction stream.",
             )
-        stream = self._decode(instr, n_words, int(n_insts))
-        needs = contract.run_buffer_bytes(stream.block) if stream else {}
-        for name, buf in buffers.items():
-            if buf.size() < needs.get(name, 0):
-                raise _rule(
-                    f"BO {name!r} has {buf.size()} bytes",
-                    f"at least {needs[name]} bytes for the block in the instructions",
-                    "Allocate buffers for the block shape the instruction stream names.",
-                )
+
+    def _n_words(self, n_insts: Any) -> int:
+        if self._contract.instr_count_unit == "words":
+            return int(n_insts)
+        return int(n_insts) // 4
+
+    def _launch(self, target: run) -> Launch:
+        """Check a run's arguments, decode its instructions and claim its buffers."""
+        state = self._ctx._state
+        state.check_alive("start")
+        args = target._args
+        if not target._checked:
+            self._check_args(args)
+            target._checked, target._plan = True, None
+        n_insts = args[2]
+        n_words = self._n_words(n_insts)
+        stream = self._decode(args[1], n_words, int(n_insts))
+        plan = target._plan
+        if plan is None or plan[0] is not stream:
+            plan = target._plan = self._plan(args, stream, n_words)
+        _, views, uses = plan
         index, fault = state.faults.number_run()
-        # Bytes the run touches: what its block needs (the whole BO if undecodable).
-        used = {name: needs.get(name, buf.size()) for name, buf in buffers.items()}
-        used["instr"] = 4 * n_words
-        bos = {**buffers, "instr": instr}
-        output = contract.output_buffer.name
-        uses = [self._use(bos[n], used[n], n == output, index) for n in bos]
-        views = {
-            name: buf._storage.device[buf._offset : buf._offset + used[name]]
-            for name, buf in buffers.items()
-        }
+        watch = state.detect_mapped_writes
+        for use in uses:  # the run's last launch has ended: its uses are free to reuse
+            use.run_index = index
+            if watch and use.storage.mapped:
+                use.watch()
+            else:
+                use.watched = False
         claim(uses)
         return Launch(
             run=target,
             index=index,
             fault=fault,
-            contract=contract,
+            contract=self._contract,
             stream=stream,
             views=views,
             uses=uses,
             submitted_at=time.perf_counter(),
         )
 
-    def _use(self, buf: bo, nbytes: int, writes: bool, index: int) -> Use:
-        storage, start = buf._storage, buf._offset
-        crc = None
-        if storage.mapped and storage.state.detect_mapped_writes:
-            crc = storage.crc(start, start + nbytes)
-        return Use(storage, start, start + nbytes, writes, index, crc)
+    def _plan(
+        self, args: list[Any], stream: InstructionStream | None, n_words: int
+    ) -> tuple[InstructionStream | None, dict[str, Any], list[Use]]:
+        """What a run with these (checked) arguments and this stream touches.
+
+        Checks that every data BO holds the block the stream names; returns
+        the stream, a view of each buffer's device copy and the byte ranges
+        (uses) the run holds in flight: what its block needs, the whole BO if
+        the stream is undecodable. Kept by the run while both are unchanged.
+        """
+        data = args[3:]
+        if stream is not None:
+            needs = self._needs.get(stream.block)
+            if needs is None:
+                per_name = self._contract.run_buffer_bytes(stream.block)
+                needs = self._needs[stream.block] = tuple(per_name[n] for n, _ in self._data)
+            for (name, _), buf, need in zip(self._data, data, needs, strict=True):
+                if buf._size < need:
+                    raise _rule(
+                        f"BO {name!r} has {buf._size} bytes",
+                        f"at least {need} bytes for the block in the instructions",
+                        "Allocate buffers for the block shape the instruction stream names.",
+                    )
+        else:
+            needs = tuple(buf._size for buf in data)
+        uses = []
+        views = {}
+        for (name, writes), buf, need in zip(self._data, data, needs, strict=True):
+            storage, begin = buf._storage, buf._offset
+            uses.append(Use(storage, begin, begin + need, writes, -1))
+            views[name] = storage.device[begin : begin + need]
+        instr = args[1]
+        begin = instr._offset
+        uses.append(Use(instr._storage, begin, begin + 4 * n_words, False, -1))
+        return stream, views, uses
 
     def _decode(self, instr: bo, n_words: int, n_insts: int) -> InstructionStream | None:
-        """The stream in the instruction BO's device copy, or None if the firmware would fail it."""
+        """The stream in the instruction BO's device copy, or None if the firmware would fail it.
+
+        Cached per instruction BO range while its device copy is unchanged.
+        """
+        storage = instr._storage
+        version = storage.device_version  # read before the bytes: a racing sync invalidates
+        key = (instr._offset, n_words, n_insts)
+        cache = self._streams.get(storage)
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+        else:
+            cache = self._streams[storage] = {}
+        stream = self._decode_words(storage, instr._offset, n_words, n_insts)
+        if len(cache) >= 64:
+            cache.clear()
+        cache[key] = (version, stream)
+        return stream
+
+    def _decode_words(
+        self, storage: Storage, offset: int, n_words: int, n_insts: int
+    ) -> InstructionStream | None:
         contract, state = self._contract, self._ctx._state
-        words = instr._storage.device[instr._offset : instr._offset + 4 * n_words].view("<u4")
+        words = storage.device[offset : offset + 4 * n_words].view("<u4")
         try:
             stream = decode(words)
-            contract.check_block(stream.block, stream.generation)
-        except (MalformedInstructions, ContractError):
+        except MalformedInstructions:
+            return None
+        if not self._is_legal(stream.block, stream.generation):
             return None
         matches = (
             stream.semantic == contract.semantic
             and stream.layout == contract.layout
             and stream.generation == state.generation
-            and n_insts == instruction_count(contract, WORDS)
+            and n_insts == self._stream_count
         )
         return stream if matches else None
+
+    def _is_legal(self, block: tuple[int, int, int], generation: str) -> bool:
+        key = (block, generation)
+        legal = self._legal.get(key)
+        if legal is None:
+            try:
+                self._contract.check_block(block, generation)
+                legal = True
+            except ContractError:
+                legal = False
+            self._legal[key] = legal
+        return legal
 
 
 class run:
@@ -213,7 +307,10 @@ class run:
 
     def __init__(self, k: kernel) -> None:
         self._kernel = k
-        self._args: list[Any] = [None] * len(k._contract.arguments)
+        self._args: list[Any] = [None] * k._n_args
+        self._checked = False  # the arguments passed kernel._check_args since the last set_arg
+        self._plan: tuple | None = None  # kernel._plan of the checked arguments
+        self._runlist: runlist | None = None  # the runlist it belongs to, if any
         self._state = NEW
         self._hazard: str | None = None
         self._done = threading.Event()
@@ -228,9 +325,16 @@ class run:
                 "Pass the contract's arguments in order.",
             )
         self._args[index] = value
+        self._checked = False
 
     def start(self) -> None:
         """Start the run; blocks while the context has its maximum of runs in flight."""
+        if self._runlist is not None:
+            raise _rule(
+                "start() of a run that belongs to a runlist",
+                "runs of a runlist started only by runlist.execute()",
+                "Execute the runlist, or create a separate run.",
+            )
         launch = self._prepare()
         self._submit(Command([launch]))
 
@@ -258,7 +362,7 @@ class run:
                 "a run that has not started or has ended",
                 "Wait for it first, or create another run.",
             )
-        launch = self._kernel._launch(self, self._args)
+        launch = self._kernel._launch(self)
         self._state, self._hazard = NEW, None
         self._done.clear()
         return launch
@@ -270,9 +374,21 @@ class run:
             command.finish_all(ert_cmd_state.ERT_CMD_STATE_ABORT)
             raise
 
-    def _finish(self, launch: Launch, state: ert_cmd_state) -> None:
-        """End the run (device thread): check for mapped writes, release its buffers."""
-        changed = [use for use in launch.uses if use.host_changed()]
+    def _finish(self, launch: Launch, state: ert_cmd_state, checked: bool = False) -> ert_cmd_state:
+        """End the run (device thread): ``_end`` it, then ``_signal`` its final state."""
+        final = self._end(launch, state, checked)
+        self._signal()
+        return final
+
+    def _end(self, launch: Launch, state: ert_cmd_state, checked: bool = False) -> ert_cmd_state:
+        """Check for mapped writes and release the run's buffers; return its final state.
+
+        The final state is ``ERT_CMD_STATE_ERROR`` if the host wrote a mapped
+        BO of the run while it was in flight. ``checked``: the caller has just
+        found no such write. ``state()`` reports it from now on; ``wait``
+        returns once ``_signal`` is called.
+        """
+        changed = [] if checked else [use for use in launch.watched if use.host_changed()]
         release(launch.uses)
         if changed:
             use = changed[0]
@@ -285,33 +401,65 @@ class run:
             )
             state = ert_cmd_state.ERT_CMD_STATE_ERROR
         self._state = state
+        return state
+
+    def _signal(self) -> None:
+        """Wake the run's waiters (its final state was set by ``_end``)."""
         self._done.set()
 
 
 class runlist:
-    """``runlist(hw_context)``: up to 24 runs chained into one command (one in-flight slot)."""
+    """``runlist(hw_context)``: up to 24 runs chained into one command (one in-flight slot).
+
+    As in XRT: a run belongs to at most one runlist, once; runs of a runlist
+    are started only by ``execute()``; nothing may be added and the list may
+    not be executed again while it executes; after ``wait`` it may be
+    executed again (its runs are started again with their current arguments).
+    """
 
     def __init__(self, hwctx: hw_context) -> None:
         self._ctx = hwctx
         self._runs: list[run] = []
         self._command: Command | None = None
 
+    def _executing(self) -> bool:
+        return self._command is not None and not self._command.done.is_set()
+
     def add(self, r: run) -> None:
-        """Append a run (not in flight, of a kernel in this context)."""
+        """Append a run (not in flight, of a kernel in this context, in no other runlist)."""
         if r._kernel._ctx is not self._ctx:
             raise _rule(
                 "a run of another hw_context",
                 "runs of kernels of the runlist's hw_context",
                 "Create the run from a kernel of this context.",
             )
+        if r._runlist is not None:
+            raise _rule(
+                "a run that already belongs to a runlist",
+                "each run added to one runlist, once",
+                "Create another run.",
+            )
+        if self._executing():
+            raise _rule(
+                "add() to a runlist that is executing",
+                "an idle runlist",
+                "wait() for the runlist first.",
+            )
         if len(self._runs) >= RUNLIST_MAX:
             raise _rule(f"a {RUNLIST_MAX + 1}th run", f"at most {RUNLIST_MAX}", "Use two runlists.")
+        r._runlist = self
         self._runs.append(r)
 
     def execute(self) -> None:
         """Start every run of the list as one command."""
         if not self._runs:
             raise _rule("execute() of an empty runlist", "at least one run", "add() runs first.")
+        if self._executing():
+            raise _rule(
+                "execute() of a runlist that is executing",
+                "an idle runlist",
+                "wait() for the runlist first.",
+            )
         launches: list[Launch] = []
         try:
             for r in self._runs:
@@ -319,32 +467,37 @@ class runlist:
         except BaseException:
             Command(launches).finish_all(ert_cmd_state.ERT_CMD_STATE_ABORT)
             raise
-        self._command = Command(launches)
+        self._command = Command(launches, threading.Event())
         self._runs[0]._submit(self._command)
 
     def wait(self, timeout: int | None = None) -> ert_cmd_state | None:
-        """Wait for every run.
+        """Wait for every run; raise if one did not complete, as XRT does.
 
-        With ``timeout`` (ms): return ``ERT_CMD_STATE_TIMEOUT`` if not done,
-        else the state of the first run that did not complete (or COMPLETED).
-        Without: return None, or raise DeviceError naming the failed run.
+        With ``timeout`` (ms): return ``ERT_CMD_STATE_TIMEOUT`` if the list is
+        still executing after it, else ``ERT_CMD_STATE_COMPLETED``. Without:
+        return None. Either way, once the list ended with a run that did not
+        complete: raise ``BufferHazardError`` if the host wrote a mapped BO of
+        that run while it was in flight, else ``DeviceError`` naming the run
+        and its state (``.state``); the later runs of the list were aborted.
         """
-        if self._command is None:
+        command = self._command
+        if command is None:
             return None if timeout is None else COMPLETED
-        if timeout and not self._command.done.wait(int(timeout) / 1000):
-            return TIMEOUT
-        self._command.done.wait()
-        states = [r.wait() for r in self._runs]
-        failed = next(((i, s) for i, s in enumerate(states) if s != COMPLETED), None)
         if timeout:
-            return COMPLETED if failed is None else failed[1]
-        if failed is not None:
+            if not command.done.wait(int(timeout) / 1000):
+                return TIMEOUT
+        else:
+            command.done.wait()
+        if command.failed is not None:
+            failed = self._runs[command.failed]
+            if failed._hazard is not None:
+                raise BufferHazardError(failed._hazard)
             raise DeviceError(
                 explain(
-                    f"runlist run {failed[0]} ended in {failed[1].name}",
+                    f"runlist run {command.failed} ended in {failed._state.name}",
                     "every run COMPLETED",
                     "See the run's state; later runs of the list were aborted.",
                 ),
-                state=failed[1].name,
+                state=failed._state.name,
             )
-        return None
+        return None if timeout is None else COMPLETED
