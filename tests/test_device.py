@@ -516,3 +516,26 @@ def test_close_with_runs_in_flight_releases_everything(rng):
     npu.close()
     with pytest.raises(DeviceError, match="closed"):
         npu.allocate_slot(BLOCK)
+
+
+def test_an_emulator_bug_is_a_lost_device_not_a_hang(monkeypatch, caplog):
+    """If computing a run raises, its waiters get an error at once (the device is lost)."""
+    from npu_pipeline.emulator import _queue
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated emulator bug")
+
+    monkeypatch.setattr(_queue, "execute", broken)
+    block = (256, 64, 256)
+    with NpuDevice.open(load_contract("gemm_i8_i32"), device="emulator") as device:
+        slot = device.allocate_slot(block)
+        submission = device.start(slot, block, batch=7, request=3)
+        with pytest.raises(DeviceError) as info:
+            device.wait(submission, timeout_s=5)
+        assert info.value.state == "ERT_CMD_STATE_ABORT"
+        assert info.value.batch == 7
+        with pytest.raises(DeviceError):
+            device.start(slot, block)
+    assert "simulated emulator bug" in caplog.text
+    # The captured record's traceback holds the device thread's frames (and BOs).
+    caplog.clear()

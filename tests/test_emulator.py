@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from npu_pipeline import emulator as xrt
 from npu_pipeline import reference
 from npu_pipeline.contract import load_contract
+from npu_pipeline.emulator._buffers import Use
 from npu_pipeline.emulator._compute import Scratch, execute
 from npu_pipeline.emulator._instructions import MalformedInstructions
 from npu_pipeline.errors import (
@@ -466,6 +467,22 @@ def test_write_through_an_earlier_map_view_is_detected(rng):
         # Untouched while in flight: no hazard.
         run = r.kernel(3, *instr, bo_a, r.data(4, b.nbytes, b), r.data(5, C_BYTES))
         assert run.wait() == S.ERT_CMD_STATE_COMPLETED
+
+
+@pytest.mark.parametrize("size", [100, 16 * 1024, 16 * 1024 + 3])
+def test_mapped_write_detection_sees_any_changed_byte(size):
+    """Short ranges are checksummed, long ones copied: either way one flipped bit shows."""
+    dev = xrt.device(0)
+    bo = xrt.bo(dev, size + 8, xrt.bo.host_only, 3)
+    view = np.frombuffer(bo.map(), dtype=np.uint8)
+    use = Use(bo._storage, 4, 4 + size, False, 0)
+    use.watch()
+    assert not use.host_changed()
+    view[3 + size] ^= 1  # the last byte of the range
+    assert use.host_changed()
+    view[3 + size] ^= 1
+    view[4 + size] ^= 1  # the first byte after it
+    assert not use.host_changed()
 
 
 def test_two_runs_in_flight_may_not_share_an_output(rng):

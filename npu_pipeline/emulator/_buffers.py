@@ -335,7 +335,7 @@ class bo:
 
     def map(self) -> memoryview:
         """A writable view of this BO's host bytes. Writes through it cannot be intercepted;
-        runs started later checksum mapped BOs to detect them."""
+        runs started later record and compare the bytes of mapped BOs to detect them."""
         start, end = self._offset, self._offset + self._size
         self._storage.check_host_access(start, end, "map")
         self._storage.mapped = True

@@ -36,7 +36,7 @@ class device:
         watchdog_s: the watchdog, seconds; default the timing model's
             ``watchdog_s``, else 2 (amdxdna ``timeout_in_sec``); 0 disables it.
         runs_in_flight: runs in flight per context before ``start`` blocks (1..4).
-        detect_mapped_writes: checksum mapped BOs around each run to catch
+        detect_mapped_writes: record the host bytes of mapped BOs around each run to catch
             writes through ``map()`` views while it is in flight (default on).
         faults: faults planned from the start (see ``inject_fault``).
     """

@@ -17,12 +17,16 @@ thread takes commands first in, first out, and for each run:
    ``ERT_CMD_STATE_ABORT`` (amdxdna TDR, see docs/emulator.md).
 
 At most ``runs_in_flight`` commands are in flight (queued or executing); a
-further ``submit`` blocks until one completes, as the driver's does.
+further ``submit`` blocks until one completes, as the driver's does. A
+command's place is given back before its last run is seen to end. Runs of a
+runlist of tile pairs on consecutive sub-buffers are computed together when
+every per-run rule allows it (see ``_run_group``).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -39,6 +43,8 @@ from npu_pipeline.emulator._faults import FaultKind
 from npu_pipeline.emulator._instructions import InstructionStream
 from npu_pipeline.emulator._state import DeviceState
 from npu_pipeline.errors import DriverRuleError, explain
+
+_log = logging.getLogger(__name__)
 
 #: Name prefix of every emulator device thread (see :func:`live_device_threads`).
 THREAD_PREFIX = "npu-emulator-"
@@ -215,23 +221,36 @@ class CommandQueue:
     def _run_command(self, command: Command) -> None:
         launches = command.launches
         position = 0
-        while position < len(launches):
-            if position < len(launches) - 1 and command.failed is None and not self._stop.is_set():
-                end = self._group_end(launches, position)
-                if end - position > 1:
-                    done = self._run_group(command, position, end)
-                    position += done
-                    if done:
-                        continue  # what is left of the group runs one by one
-            # A failed run ends the rest of its runlist (XRT skips them as ABORT).
-            skip = command.failed is not None or self._stop.is_set()
-            state = ABORT if skip else self._execute(launches[position])
-            self._last_completion = time.perf_counter()
-            if state == TIMEOUT:
-                # Watchdog recovery stops and restarts the context: queued runs abort.
-                self.abort_pending()
-            self._complete(command, position, state)
-            position += 1
+        try:
+            while position < len(launches):
+                if (
+                    position < len(launches) - 1
+                    and command.failed is None
+                    and not self._stop.is_set()
+                ):
+                    end = self._group_end(launches, position)
+                    if end - position > 1:
+                        done = self._run_group(command, position, end)
+                        position += done
+                        if done:
+                            continue  # what is left of the group runs one by one
+                # A failed run ends the rest of its runlist (XRT skips them as ABORT).
+                skip = command.failed is not None or self._stop.is_set()
+                state = ABORT if skip else self._execute(launches[position])
+                self._last_completion = time.perf_counter()
+                if state == TIMEOUT:
+                    # Watchdog recovery stops and restarts the context: queued runs abort.
+                    self.abort_pending()
+                self._complete(command, position, state)
+                position += 1
+        except Exception:
+            # A bug in the emulator itself. Were this thread to die, every
+            # waiter would block forever: report it as a lost device instead
+            # (what XRT reports as ENODEV), loudly, and end the remaining runs.
+            _log.exception("emulated NPU failed while executing a command")
+            self._state.lose()
+            for rest in range(position, len(launches)):
+                self._complete(command, rest, ABORT)
 
     def _complete(
         self, command: Command, position: int, state: ert_cmd_state, checked: bool = False

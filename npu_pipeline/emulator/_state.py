@@ -50,7 +50,7 @@ class DeviceState:
             long as their CPU compute).
         watchdog_s: the watchdog, seconds; 0 disables it (``timeout_in_sec=0``).
         runs_in_flight: runs in flight per hardware context before ``start`` blocks.
-        detect_mapped_writes: checksum mapped BOs of each run at start and
+        detect_mapped_writes: record the host bytes of mapped BOs of each run at start and
             completion to catch writes through ``map()`` views.
         faults: the planned faults and the run numbering.
     """
