@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from npu_pipeline.benchmarks import median_seconds
+from npu_pipeline.contract import KernelContract
 from npu_pipeline.profiles import CPU, DeviceProfile
 
 #: Environment variable that turns calibration off.
@@ -62,6 +63,9 @@ class Calibration:
         accumulate_bytes_per_s: ``packing.accumulate_block`` int32 bytes read per second.
         exact_ops_per_s: int8 ops (2 per multiply-add) per second of the emulator's
             exact product (int8 -> float32 casts and float32 BLAS).
+        dispatch_s: the emulated NPU's cost of one run beyond its compute, seconds:
+            the round trip (start, device thread, wait, syncs) of the smallest
+            legal block, less that block's compute at ``exact_ops_per_s``.
         host: the cache key the figures belong to.
         measured_at: when, seconds since the epoch.
         seconds: how long the measurement took (compilation excluded).
@@ -70,6 +74,7 @@ class Calibration:
     pack_bytes_per_s: float
     accumulate_bytes_per_s: float
     exact_ops_per_s: float
+    dispatch_s: float
     host: str
     measured_at: float
     seconds: float
@@ -153,14 +158,32 @@ def measure() -> Calibration:
         exact_product(a32, b32, scratch)
 
     exact_s = median_seconds(exact, repeat=_REPEAT)
+    exact_ops_per_s = 2 * m * k * n / exact_s
     return Calibration(
         pack_bytes_per_s=slot.nbytes / pack_s,
         accumulate_bytes_per_s=partial.nbytes / acc_s,
-        exact_ops_per_s=2 * m * k * n / exact_s,
+        exact_ops_per_s=exact_ops_per_s,
+        dispatch_s=_emulator_dispatch_seconds(contract, exact_ops_per_s),
         host=host_key(),
         measured_at=time.time(),
         seconds=time.perf_counter() - start,
     )
+
+
+def _emulator_dispatch_seconds(contract: KernelContract, exact_ops_per_s: float) -> float:
+    """Per-run cost of the emulated NPU beyond compute, from the smallest legal block."""
+    from npu_pipeline.device import NpuDevice
+
+    block = contract.target(CPU.generation).block_granularity
+    m, k, n = block
+    with NpuDevice.open(contract, device="emulator", profile=CPU) as device:
+        slot = device.allocate_slot(block)
+        round_trip = median_seconds(
+            lambda: device.wait(device.start(slot, block)), repeat=3 * _REPEAT
+        )
+    # Never below the cost of two thread hand-offs: a quiet machine must not
+    # make the planner believe runs are free.
+    return max(round_trip - 2 * m * k * n / exact_ops_per_s, 20e-6)
 
 
 def load_or_measure(refresh: bool = False) -> Calibration:
@@ -207,9 +230,11 @@ def apply(calibration: Calibration, base: DeviceProfile = CPU) -> DeviceProfile:
     where = f"measured on this host by npu_pipeline.calibration ({calibration.host}): "
     rates = tuple((name, calibration.exact_ops_per_s) for name, _ in base.core_ops_per_s)
     measured = {f"core_ops_per_s[{name}]": f"{where}exact float32 BLAS" for name, _ in rates}
+    measured["dispatch_s"] = f"{where}emulator round trip of the smallest block, less compute"
     hosted = with_host_rates(base, calibration)
     return dataclasses.replace(
         hosted,
+        dispatch_s=calibration.dispatch_s,
         core_ops_per_s=rates,
         sources=tuple((p, measured.get(p, s)) for p, s in hosted.sources),
     )
