@@ -184,7 +184,9 @@ class _SlotPool:
         while not self._free:
             self._released = anyio.Event()
             await self._released.wait()
-        slot = self._free.popleft()
+        # Most recently released first: its BOs are allocated, paged in and
+        # cache-warm, and a stream of small requests keeps reusing one slot.
+        slot = self._free.pop()
         self._held.add(slot)
         return slot
 
