@@ -777,6 +777,20 @@ def test_chained_tile_pairs_are_exact(rng, order):
                 np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
 
 
+def assert_chain_stopped_at(members, bo_out, a, b, *, failed, unwritten_from):
+    """Runs before ``failed`` completed exactly, it ended in ERROR, the rest aborted."""
+    states = [run.state() for run in members]
+    assert states == (
+        [S.ERT_CMD_STATE_COMPLETED] * failed
+        + [S.ERT_CMD_STATE_ERROR]
+        + [S.ERT_CMD_STATE_ABORT] * (len(members) - failed - 1)
+    )
+    out = tile_outputs(bo_out, len(members))
+    for i in range(failed):
+        np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
+    assert not out[unwritten_from:].any()
+
+
 def test_failed_run_in_a_chain_of_tile_pairs_stops_it_there(rng):
     """Runs before the failed one complete, it fails, the rest abort: no output written."""
     pairs = 12
@@ -787,17 +801,8 @@ def test_failed_run_in_a_chain_of_tile_pairs_stops_it_there(rng):
         chain.execute()
         with pytest.raises(DeviceError, match="runlist run 5 ended in ERT_CMD_STATE_ERROR"):
             chain.wait()
-        states = [run.state() for run in members]
-        assert (
-            states
-            == [S.ERT_CMD_STATE_COMPLETED] * 5
-            + [S.ERT_CMD_STATE_ERROR]
-            + [S.ERT_CMD_STATE_ABORT] * 6
-        )
-        out = tile_outputs(bo_out, pairs)
-        for i in range(5):
-            np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
-        assert not out[5:].any()
+        # An injected ERROR writes no output, so nothing from run 5 on is written.
+        assert_chain_stopped_at(members, bo_out, a, b, failed=5, unwritten_from=5)
 
 
 def test_mapped_write_during_a_chain_of_tile_pairs_is_caught(rng, monkeypatch):
@@ -822,17 +827,8 @@ def test_mapped_write_during_a_chain_of_tile_pairs_is_caught(rng, monkeypatch):
         chain.execute()
         with pytest.raises(BufferHazardError, match=r"run #3 .*map\(\) view"):
             chain.wait()
-        states = [run.state() for run in members]
-        assert (
-            states
-            == [S.ERT_CMD_STATE_COMPLETED] * 3
-            + [S.ERT_CMD_STATE_ERROR]
-            + [S.ERT_CMD_STATE_ABORT] * 4
-        )
-        out = tile_outputs(bo_out, pairs)
-        for i in range(3):
-            np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
-        assert not out[4:].any()
+        # The hazard is seen after run 3 computed: only the runs after it are unwritten.
+        assert_chain_stopped_at(members, bo_out, a, b, failed=3, unwritten_from=4)
 
 
 # -- cleanup ----------------------------------------------------------------------
