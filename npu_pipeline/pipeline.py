@@ -44,7 +44,6 @@ from npu_pipeline import packing
 from npu_pipeline.contract import KernelContract, load_contract
 from npu_pipeline.device import NpuDevice, Slot
 from npu_pipeline.errors import (
-    DeviceError,
     DTypeError,
     NpuPipelineError,
     PipelineClosedError,
@@ -442,21 +441,22 @@ class Pipeline:
         self._closed = True
         while self._started:
             work = self._started.popleft()
-            # A failed run fails its request below either way.
-            with contextlib.suppress(DeviceError):
+            # A failed run (or a refused call) fails its request below either
+            # way; what matters here is that no run is left using a BO we free.
+            with contextlib.suppress(NpuPipelineError):
                 await anyio.to_thread.run_sync(
                     self._device.wait, work.submission, limiter=self._limiter
                 )
-        closed = PipelineClosedError(
-            explain(
-                "the pipeline closed while this request was queued or running",
-                "every matmul() to finish inside the `async with open_pipeline(...)` block",
-                "Await your requests before leaving the block.",
-            )
-        )
         for request in self._requests:
             if not request.done.is_set():
-                request.error = request.error or closed
+                # One error object per request: each caller raises its own.
+                request.error = request.error or PipelineClosedError(
+                    explain(
+                        "the pipeline closed while this request was queued or running",
+                        "every matmul() to finish inside the `async with open_pipeline(...)` block",
+                        "Await your requests before leaving the block.",
+                    )
+                )
                 request.accumulators.clear()
                 request.done.set()
         await anyio.to_thread.run_sync(self._release_device, limiter=self._limiter)
