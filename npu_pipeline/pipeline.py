@@ -174,11 +174,6 @@ class _SlotPool:
         """Slots currently held by a batch."""
         return len(self._held)
 
-    @property
-    def allocated(self) -> int:
-        """Slots that currently own BOs."""
-        return sum(b is not None for b in self._buffers)
-
     async def acquire(self) -> int:
         while not self._free:
             self._released = anyio.Event()
@@ -247,6 +242,8 @@ class Pipeline:
         self.slots = slots
         self.memory_budget = memory_budget
         self.timeline = Timeline()
+        # The tile shape of the contract's layout on this NPU generation (r, s, t).
+        self._micro_tile = contract.target(profile.generation).micro_tile
         self._device = device
         self._pool = _SlotPool(device, slots, memory_budget // slots)
         self._scheduler = _Scheduler()
@@ -611,10 +608,6 @@ class Pipeline:
                     target, request.out[m0:m1, n0:n1], q.shift, q.rounding, q.saturation
                 )
                 del request.accumulators[key]
-
-    @property
-    def _micro_tile(self) -> tuple[int, int, int]:
-        return self.contract.target(self.profile.generation).micro_tile
 
 
 def _detached(error: BaseException) -> BaseException:

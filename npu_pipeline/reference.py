@@ -4,7 +4,8 @@ Everything else in the library (numba packing, the emulator, the pipeline) is
 tested against these functions. They favour clarity over speed: int64
 arithmetic throughout, no tiling tricks.
 
-- :func:`matmul_exact`: int8 x int8 -> exact int32.
+- :func:`matmul_exact`: int8 x int8 -> exact int32; :func:`matmul_exact_blas`,
+  the same values fast, for checking large results.
 - :func:`srs`: AIE shift-round-saturate, int32 -> int8, with every rounding
   and saturation mode named (see ``NPU_FACTS.md``, "Rounding").
 - :func:`tile16_kernel` and :func:`seed_wrapper_matmul`: what the seed's
@@ -76,6 +77,16 @@ def matmul_exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             )
         )
     return (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+
+
+def matmul_exact_blas(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact ``a @ b`` for int8 matrices as int64, through float64 BLAS.
+
+    Fast enough to check large results. Exact because every partial sum is an
+    integer of magnitude at most ``K * 2**14 <= 2**31`` (K <= MAX_EXACT_K),
+    far inside float64's 53-bit mantissa, whatever order BLAS adds in.
+    """
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 
 def round_shift(acc: np.ndarray, shift: int, rounding: Rounding | str) -> np.ndarray:

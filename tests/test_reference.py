@@ -11,6 +11,7 @@ from npu_pipeline.reference import (
     Rounding,
     Saturation,
     matmul_exact,
+    matmul_exact_blas,
     round_shift,
     seed_wrapper_matmul,
     srs,
@@ -92,6 +93,18 @@ def test_matmul_exact_extremes():
     b = np.full((3, 2), -128, dtype=np.int8)
     assert matmul_exact(a, b).tolist() == [[49152, 49152], [49152, 49152]]
     assert matmul_exact(a, b).dtype == np.int32
+
+
+def test_matmul_exact_blas_equals_the_int64_model(rng):
+    # Extremes at K = 5000: sums of 8.2e7, past float32's exact range but not float64's.
+    a = np.full((2, 5000), -128, dtype=np.int8)
+    b = np.full((5000, 3), -128, dtype=np.int8)
+    a[1] = rng.integers(-128, 128, 5000, dtype=np.int8)
+    assert np.array_equal(matmul_exact_blas(a, b), matmul_exact(a, b))
+    assert matmul_exact_blas(a, b)[0, 0] == 5000 * 128 * 128
+    a = rng.integers(-128, 128, (37, 301), dtype=np.int8)
+    b = rng.integers(-128, 128, (301, 19), dtype=np.int8)
+    assert np.array_equal(matmul_exact_blas(a, b), a.astype(np.int64) @ b.astype(np.int64))
 
 
 def test_matmul_exact_refuses_overflowing_k():

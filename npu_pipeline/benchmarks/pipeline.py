@@ -35,7 +35,7 @@ from npu_pipeline.emulator._compute import Scratch, exact_product
 from npu_pipeline.pipeline import Pipeline, open_pipeline
 from npu_pipeline.planner import plan_batches
 from npu_pipeline.profiles import NPU1, DeviceProfile
-from npu_pipeline.reference import seed_wrapper_matmul
+from npu_pipeline.reference import matmul_exact_blas, seed_wrapper_matmul
 
 WHISPER_SHAPES = ((1500, 512, 1536), (1500, 512, 2048), (1500, 2048, 512))
 #: The timed profile: npu1's modelled device times multiplied by this, so that
@@ -58,11 +58,6 @@ def _random(rng: np.random.Generator, m: int, k: int, n: int) -> tuple[np.ndarra
     a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
     b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
     return a, b
-
-
-def _exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact check via float64 BLAS (partial sums <= 2**31, far inside 53 bits)."""
-    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
 
 
 def _bare_exact(a: np.ndarray, b: np.ndarray, scratch: Scratch) -> np.ndarray:
@@ -92,7 +87,7 @@ async def _untimed(host: DeviceProfile, quick: bool, rows: list[Row], goals: lis
         for shape in WHISPER_SHAPES:
             a, b = _random(rng, *shape)
             c = await pipe.matmul(a, b)
-            if not np.array_equal(c, _exact(a, b)):
+            if not np.array_equal(c, matmul_exact_blas(a, b)):
                 raise RuntimeError(f"pipeline result for {shape} is not exact")
             bare = await _median_wall(
                 lambda a=a, b=b: anyio.to_thread.run_sync(_bare_exact, a, b, scratch), repeat
@@ -132,7 +127,7 @@ async def _timed(calibration: Calibration, quick: bool, rows: list[Row], goals: 
                 start = time.perf_counter()
                 c = await pipe.matmul(a, b)
                 wall = time.perf_counter() - start
-                if not np.array_equal(c, _exact(a, b)):
+                if not np.array_equal(c, matmul_exact_blas(a, b)):
                     raise RuntimeError(f"timed pipeline result for {shape} is not exact")
                 plan = pipe.plan(*shape)
                 eta[slots] = pipe.timeline.overlap_efficiency()
@@ -261,7 +256,7 @@ async def _seed_baseline(quick: bool, rows: list[Row], goals: list[Goal]) -> Non
 
     t_legacy, legacy = await pipelined("tile16_legacy", np.int8)
     t_gemm, exact = await pipelined("gemm_i8_i32", np.int32)
-    if not (np.array_equal(legacy, seed) and np.array_equal(exact, _exact(a, b))):
+    if not (np.array_equal(legacy, seed) and np.array_equal(exact, matmul_exact_blas(a, b))):
         raise RuntimeError("a pipelined result differs from its reference")
     calls = (size // 16) ** 3
     name = f"{size}^3"
