@@ -174,6 +174,8 @@ class Submission:
     """The runs of one batch: made by :meth:`NpuDevice.start`, ended by :meth:`NpuDevice.wait`.
 
     Attributes (read-only for callers):
+        first_run, end_run: the submission runs runs ``first_run .. end_run - 1``
+            of its slot.
         next_run: index of the next run to start.
         running: this batch's commands in flight (a run, or a chain of runs),
             oldest first.
@@ -184,7 +186,9 @@ class Submission:
         "block",
         "chain",
         "closed",
+        "end_run",
         "failed",
+        "first_run",
         "n_runs",
         "next_run",
         "request",
@@ -203,12 +207,14 @@ class Submission:
         batch: int | None,
         request: int | None,
         shape: _Shape,
+        first_run: int = 0,
     ) -> None:
         self.slot, self.block, self.n_runs = slot, block, n_runs
+        self.first_run, self.end_run = first_run, first_run + n_runs
         self.batch, self.request = batch, request
         self.shape = shape
         self.started_at = time.perf_counter()
-        self.next_run = 0  # index of the next run to start
+        self.next_run = first_run  # index of the next run to start
         self.running: list[_Command] = []  # commands in flight, oldest first
         # (index of the failed run or None when the device did not say, its command)
         self.failed: tuple[int | None, _Command] | None = None
@@ -652,12 +658,15 @@ class NpuDevice:
         n_runs: int = 1,
         batch: int | None = None,
         request: int | None = None,
+        first_run: int = 0,
     ) -> Submission:
         """Sync the used input bytes of ``slot`` to the device and start its runs.
 
-        Run ``i`` of ``n_runs`` uses bytes ``[i * s, (i + 1) * s)`` of each
-        buffer, ``s`` being the bytes one run of ``block`` needs. Starts as
-        many runs as the in-flight limit allows; :meth:`wait` starts the rest.
+        The slot holds runs of ``block`` side by side: run ``i`` uses bytes
+        ``[i * s, (i + 1) * s)`` of each buffer, ``s`` being the bytes one run
+        needs. This starts runs ``first_run .. first_run + n_runs - 1`` (as
+        many as the in-flight limit allows; :meth:`wait` starts the rest), so
+        a caller can run again part of what a failed submission lost.
 
         Raises:
             BufferHazardError: the slot's previous batch still has runs in flight.
@@ -669,16 +678,17 @@ class NpuDevice:
         shape = self._shapes.get(block) or self._shape(block)
         capacity = slot.capacity
         for name, size in shape.stride.items():
-            if n_runs < 1 or n_runs * size > capacity[name]:
+            if n_runs < 1 or first_run < 0 or (first_run + n_runs) * size > capacity[name]:
                 raise ShapeError(
                     explain(
-                        f"{n_runs} runs of block {block} need {n_runs * size} bytes of "
-                        f"buffer {name!r}; the slot has {capacity[name]}",
-                        "n_runs >= 1 runs that fit the slot",
+                        f"runs {first_run}..{first_run + n_runs - 1} of block {block} need "
+                        f"{(first_run + n_runs) * size} bytes of buffer {name!r}; "
+                        f"the slot has {capacity[name]}",
+                        "n_runs >= 1 and first_run >= 0, all runs within the slot",
                         "Allocate a larger slot.",
                     )
                 )
-        sub = Submission(slot, block, n_runs, batch, request, shape)
+        sub = Submission(slot, block, n_runs, batch, request, shape, first_run)
         try:
             if slot.index in self._active:
                 self._poll_orphans(slot)
@@ -693,7 +703,7 @@ class NpuDevice:
                     sub.chain = self._chain_length(block)
             try:
                 for name, size in shape.inputs:
-                    roots[name].sync(self._to_device, n_runs * size, 0)
+                    roots[name].sync(self._to_device, n_runs * size, first_run * size)
                 with self._lock:
                     self._fill(sub)
             except BaseException:
@@ -740,7 +750,9 @@ class NpuDevice:
                     failed_state = sub.failed[1].final()  # the emulator raises hazards here
                 elif not sub.stopped:
                     out, size = sub.shape.output
-                    self._roots_of(sub.slot)[out].sync(self._from_device, sub.n_runs * size, 0)
+                    self._roots_of(sub.slot)[out].sync(
+                        self._from_device, sub.n_runs * size, sub.first_run * size
+                    )
             finally:
                 self._finish(sub)
         except RuntimeError as error:
@@ -776,6 +788,7 @@ class NpuDevice:
                 state=failed_state,
                 batch=sub.batch,
                 request=sub.request,
+                run=index,
             )
         return Completion(
             batch=sub.batch,
@@ -801,7 +814,7 @@ class NpuDevice:
             with self._lock:
                 self._reap()
                 self._fill(sub)
-                if not sub.running and (sub.stopped or sub.next_run == sub.n_runs):
+                if not sub.running and (sub.stopped or sub.next_run == sub.end_run):
                     return True
                 # The device's oldest command, whichever batch it belongs to: commands
                 # end in order, so it ends no later than this batch's; and only a poll
@@ -910,9 +923,10 @@ class NpuDevice:
         return cached
 
     def _run_bos(self, sub: Submission, run: int) -> list[Any]:
-        """The BO of each buffer for run ``run``: the root, or a cached sub-buffer (lock held)."""
+        """The BO of each buffer for run ``run``: the root for run 0 (its first bytes are
+        run 0's), else a cached sub-buffer (lock held)."""
         roots = self._roots_of(sub.slot)
-        if sub.n_runs == 1:
+        if run == 0:
             return [roots[b.name] for b in self.contract.buffers]
         bos = []
         for name, stride in sub.shape.stride.items():
@@ -979,11 +993,11 @@ class NpuDevice:
     def _fill(self, sub: Submission) -> None:
         """Start commands of ``sub`` while the device has room (lock held)."""
         limit = self.info.runs_in_flight
-        if sub.stopped or sub.next_run >= sub.n_runs or len(self._in_flight) >= limit:
+        if sub.stopped or sub.next_run >= sub.end_run or len(self._in_flight) >= limit:
             return
-        while not sub.stopped and sub.next_run < sub.n_runs and len(self._in_flight) < limit:
+        while not sub.stopped and sub.next_run < sub.end_run and len(self._in_flight) < limit:
             first = sub.next_run
-            count = min(sub.chain, sub.n_runs - first)
+            count = min(sub.chain, sub.end_run - first)
             sub.next_run += count
             try:
                 if count == 1:

@@ -50,6 +50,8 @@ class DeviceError(NpuPipelineError, RuntimeError):
             ``"ERT_CMD_STATE_ERROR"``), or ``None`` when no run was involved.
         batch: index of the batch the failed run belonged to, or ``None``.
         request: id of the request the batch belonged to, or ``None``.
+        run: index of the failed run in its slot, when the device named it,
+            else ``None``.
     """
 
     def __init__(
@@ -59,11 +61,13 @@ class DeviceError(NpuPipelineError, RuntimeError):
         state: str | None = None,
         batch: int | None = None,
         request: int | None = None,
+        run: int | None = None,
     ) -> None:
         super().__init__(message)
         self.state = state
         self.batch = batch
         self.request = request
+        self.run = run
 
 
 class DriverRuleError(NpuPipelineError, RuntimeError):

@@ -31,7 +31,7 @@ import contextlib
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +42,9 @@ import numpy as np
 
 from npu_pipeline import packing
 from npu_pipeline.contract import KernelContract, load_contract
-from npu_pipeline.device import NpuDevice, Slot
+from npu_pipeline.device import CHAIN_BUDGET_S, NpuDevice, Slot
 from npu_pipeline.errors import (
+    DeviceError,
     DTypeError,
     NpuPipelineError,
     PipelineClosedError,
@@ -107,14 +108,31 @@ class _Request:
 
 @dataclass(eq=False)
 class _Work:
-    """A batch on its way through the stages, with the slot it occupies."""
+    """Batches on their way through the stages in one slot, run as one submission.
 
-    request: _Request
-    batch: Batch
+    Usually one batch. Batches whose runs are short share a slot (side by
+    side, one run region after another) so that the hand-offs and the
+    device's dispatch are paid once for all of them; they all have the same
+    block shape, and ``first_runs[i]`` is where batch ``i``'s runs begin.
+    """
+
+    batches: list[tuple[_Request, Batch]]
     slot: int
     buffers: Slot | None = None
     submission: Any = None
     submitted_at: float = 0.0
+
+    @property
+    def block(self) -> tuple[int, int, int]:
+        return self.batches[0][1].block
+
+    @property
+    def first_runs(self) -> list[int]:
+        return list(itertools.accumulate((b.n_runs for _, b in self.batches), initial=0))[:-1]
+
+    @property
+    def n_runs(self) -> int:
+        return sum(batch.n_runs for _, batch in self.batches)
 
 
 class _Scheduler:
@@ -137,13 +155,25 @@ class _Scheduler:
             self._work_ready = anyio.Event()
             await self._work_ready.wait()
 
-    def pick(self) -> tuple[_Request, Batch] | None:
-        """The next batch of the request at the front; that request moves to the back."""
+    def waiting(self) -> int:
+        """Batches of live requests not yet picked."""
+        return sum(len(r.plan.batches) - r.next_batch for r in self._queue if not r.stopped)
+
+    def pick(self, accept: Callable[[Batch], bool] | None = None) -> tuple[_Request, Batch] | None:
+        """The next batch of the request at the front; that request moves to the back.
+
+        With ``accept``, None instead when that batch is not accepted: a
+        group of batches is always a run of consecutive round-robin picks.
+        """
         while self._queue:
-            request = self._queue.popleft()
+            request = self._queue[0]
             if request.stopped or request.next_batch >= len(request.plan.batches):
+                self._queue.popleft()
                 continue
             batch = request.plan.batches[request.next_batch]
+            if accept is not None and not accept(batch):
+                return None
+            self._queue.popleft()
             request.next_batch += 1
             request.outstanding += 1
             if request.next_batch < len(request.plan.batches):
@@ -163,7 +193,7 @@ class _SlotPool:
 
     def __init__(self, device: NpuDevice, count: int, slot_budget: int) -> None:
         self._device = device
-        self._slot_budget = slot_budget
+        self.slot_budget = slot_budget
         self._buffers: list[Slot | None] = [None] * count
         self._free: deque[int] = deque(range(count))
         self._held: set[int] = set()
@@ -201,7 +231,7 @@ class _SlotPool:
             grown = {n: max(size, current.capacity[n]) for n, size in needs.items()}
             # Keeping the larger of old and new per buffer could pass the
             # per-slot budget when plans differ in shape: then fit exactly.
-            if sum(grown.values()) > self._slot_budget:
+            if sum(grown.values()) > self.slot_budget:
                 grown = dict(needs)
             self._buffers[slot] = None
             self._device.free_slot(current)
@@ -251,6 +281,7 @@ class Pipeline:
         self._limiter = anyio.CapacityLimiter(2)
         self._ids = itertools.count(1)
         self._plans: dict[tuple[int, int, int, str], Plan] = {}
+        self._group_limits: dict[tuple[int, int, int], int] = {}  # runs per slot, by block
         self._requests: set[_Request] = set()
         self._started: deque[_Work] = deque()  # runs started and not yet waited for
         self._device_free_at = 0.0  # when the last waited-for run ended (drain thread only)
@@ -466,7 +497,7 @@ class Pipeline:
             self._device.close()
 
     async def _feed(self, send: Any) -> None:
-        """Pick a batch, take a slot, pack the batch and start its run; repeat."""
+        """Pick a batch (and others to share its slot), take a slot, pack and start; repeat."""
         async with send:
             while True:
                 await self._scheduler.wait_for_work()
@@ -475,93 +506,145 @@ class Pipeline:
                 if picked is None:
                     self._pool.release(slot)
                     continue
-                work = _Work(*picked, slot)
+                work = _Work([picked], slot)
+                self._gather(work)
                 try:
                     await anyio.to_thread.run_sync(
                         self._pack_and_start, work, limiter=self._limiter
                     )
                 except NpuPipelineError as error:
-                    self._retire(work, error)
+                    self._retire(work, [error] * len(work.batches))
                     continue
                 self._started.append(work)
                 await send.send(work)
 
+    def _gather(self, work: _Work) -> None:
+        """Add to ``work`` the next round-robin batches of its block shape, while they fit.
+
+        Small batches cost more in hand-offs (two worker-thread hops, the
+        device's dispatch) than in work, so consecutive picks of one block
+        shape share a slot up to :meth:`_group_runs` runs. The backlog is
+        spread over the slots, so that every slot has work and the stages
+        still overlap; a batch of another shape ends the group, so the
+        round-robin order is kept exactly.
+        """
+        block = work.block
+        limit = self._group_runs(block)
+        share = -(-(self._scheduler.waiting() + 1) // self.slots)
+
+        def fits(batch: Batch) -> bool:
+            return batch.block == block and work.n_runs + batch.n_runs <= limit
+
+        while len(work.batches) < share and (picked := self._scheduler.pick(fits)) is not None:
+            work.batches.append(picked)
+
+    def _group_runs(self, block: tuple[int, int, int]) -> int:
+        """Most runs of ``block`` one slot carries: its share of memory, and one chain's
+        worth of device time (:data:`~npu_pipeline.device.CHAIN_BUDGET_S`, as the
+        profile models it)."""
+        limit = self._group_limits.get(block)
+        if limit is None:
+            per_run = sum(self.contract.run_buffer_bytes(block).values())
+            by_memory = self._pool.slot_budget // per_run
+            by_time = int(CHAIN_BUDGET_S / self.profile.run_seconds(self.contract, block))
+            limit = self._group_limits[block] = max(1, min(by_memory, by_time))
+        return limit
+
     async def _drain(self, receive: Any) -> None:
-        """Wait for the oldest run, fold its output into C, free its slot; repeat."""
+        """Wait for the oldest submission, fold its outputs into C, free its slot; repeat."""
         async with receive:
             async for work in receive:
                 try:
-                    await anyio.to_thread.run_sync(
+                    errors = await anyio.to_thread.run_sync(
                         self._wait_and_accumulate, work, limiter=self._limiter
                     )
                 except NpuPipelineError as error:
-                    self._retire(work, error)
-                else:
-                    self._retire(work)
+                    errors = [error] * len(work.batches)
+                self._retire(work, errors)
 
-    def _retire(self, work: _Work, error: BaseException | None = None) -> None:
-        """Give the slot back and account the batch to its request (event-loop thread)."""
+    def _retire(self, work: _Work, errors: list[BaseException | None]) -> None:
+        """Give the slot back and account each batch to its request (event-loop thread)."""
         if work in self._started:
             self._started.remove(work)
         self._pool.release(work.slot)
-        request = work.request
-        request.outstanding -= 1
-        if error is not None and request.error is None:
-            request.error = _detached(error)
-        elif error is None and not request.stopped:
-            request.retired += 1
-        request.maybe_finish()
+        for (request, _), error in zip(work.batches, errors, strict=True):
+            request.outstanding -= 1
+            if error is not None and request.error is None:
+                request.error = _detached(error)
+            elif error is None and not request.stopped:
+                request.retired += 1
+            request.maybe_finish()
 
     # -- work done in worker threads ------------------------------------------------
 
     def _pack_and_start(self, work: _Work) -> None:
-        """Worker thread: size the slot, pack the batch into it, start its run(s)."""
-        request, batch = work.request, work.batch
-        needs = self.contract.run_buffer_bytes(batch.block)
-        needs = {name: size * batch.n_runs for name, size in needs.items()}
+        """Worker thread: size the slot, pack each batch into its runs' region, start them."""
+        stride = self.contract.run_buffer_bytes(work.block)
+        needs = {name: size * work.n_runs for name, size in stride.items()}
         work.buffers = self._pool.buffers(work.slot, needs)
-        with self.timeline.span(request.id, batch.index, "pack", work.slot):
-            if self.contract.semantic == "tile_pair":
-                packing.pack_tile_pairs(
-                    request.a,
-                    request.b,
-                    batch.m_range,
-                    batch.k_range,
-                    batch.n_range,
-                    work.buffers.view("in", np.int8),
-                )
-            else:
-                bm, bk, bn = batch.block
-                r, s, t = self._micro_tile
-                layout = self.contract.layout
-                packing.pack_block(
-                    request.a,
-                    batch.m_range,
-                    batch.k_range,
-                    work.buffers.view("a", np.int8),
-                    (bm, bk),
-                    layout,
-                    (r, s),
-                )
-                packing.pack_block(
-                    request.b,
-                    batch.k_range,
-                    batch.n_range,
-                    work.buffers.view("b", np.int8),
-                    (bk, bn),
-                    layout,
-                    (s, t),
-                )
+        for (request, batch), run in zip(work.batches, work.first_runs, strict=True):
+            with self.timeline.span(request.id, batch.index, "pack", work.slot):
+                self._pack(request, batch, _Region(work.buffers, stride, run))
+        request, batch = work.batches[0]
         work.submitted_at = time.perf_counter()
         work.submission = self._device.start(
-            work.buffers, batch.block, n_runs=batch.n_runs, batch=batch.index, request=request.id
+            work.buffers, work.block, n_runs=work.n_runs, batch=batch.index, request=request.id
         )
 
-    def _wait_and_accumulate(self, work: _Work) -> None:
-        """Worker thread: wait for the batch's run(s), then fold the output into C."""
-        request, batch, buffers = work.request, work.batch, work.buffers
+    def _pack(self, request: _Request, batch: Batch, region: _Region) -> None:
+        if self.contract.semantic == "tile_pair":
+            packing.pack_tile_pairs(
+                request.a,
+                request.b,
+                batch.m_range,
+                batch.k_range,
+                batch.n_range,
+                region.view("in", np.int8),
+            )
+            return
+        bm, bk, bn = batch.block
+        r, s, t = self._micro_tile
+        layout = self.contract.layout
+        packing.pack_block(
+            request.a,
+            batch.m_range,
+            batch.k_range,
+            region.view("a", np.int8),
+            (bm, bk),
+            layout,
+            (r, s),
+        )
+        packing.pack_block(
+            request.b,
+            batch.k_range,
+            batch.n_range,
+            region.view("b", np.int8),
+            (bk, bn),
+            layout,
+            (s, t),
+        )
+
+    def _wait_and_accumulate(self, work: _Work) -> list[BaseException | None]:
+        """Worker thread: wait for the work's runs, fold each batch's output into its C.
+
+        Returns each batch's error, or None for a batch that went well.
+        """
+        errors = self._wait(work)
+        stride = self.contract.run_buffer_bytes(work.block)
+        for (request, batch), run, error in zip(work.batches, work.first_runs, errors, strict=True):
+            if error is None and not request.stopped:  # else leave C alone
+                with self.timeline.span(request.id, batch.index, "accumulate", work.slot):
+                    self._accumulate(request, batch, _Region(work.buffers, stride, run))
+        return errors
+
+    def _wait(self, work: _Work) -> list[BaseException | None]:
+        """Worker thread: wait for the submission; on a fault, run again what only lost
+        its output to it. Each batch's error, or None."""
+        failure = None
         try:
             self._device.wait(work.submission)
+        except DeviceError as error:
+            failure = error
         finally:
             # The device runs one command at a time, in submission order: this
             # run can only have started once it was submitted and the previous
@@ -570,44 +653,108 @@ class Pipeline:
             ended = time.perf_counter()
             began = max(work.submitted_at, self._device_free_at)
             self._device_free_at = ended
-        self.timeline.record(Span(request.id, batch.index, "execute", work.slot, began, ended))
-        if request.stopped:
-            return  # cancelled or failed meanwhile: free the slot, leave C alone
-        with self.timeline.span(request.id, batch.index, "accumulate", work.slot):
-            (m0, m1), (n0, n1) = batch.m_range, batch.n_range
-            key = (batch.m_range, batch.n_range)
-            target = request.out[m0:m1, n0:n1]
-            if request.requant is not None:
-                if batch.first:
-                    request.accumulators[key] = np.empty((m1 - m0, n1 - n0), dtype=np.int32)
-                target = request.accumulators[key]
-            if self.contract.semantic == "tile_pair":
-                if batch.first:
-                    target[...] = 0
-                packing.accumulate_tile_pairs(
-                    buffers.view("out", np.int8),
-                    batch.m_range,
-                    batch.k_range,
-                    batch.n_range,
-                    target,
-                )
+        for request, batch in work.batches:
+            self.timeline.record(Span(request.id, batch.index, "execute", work.slot, began, ended))
+        if failure is None:
+            return [None] * len(work.batches)
+        return self._rerun(work, failure)
+
+    def _rerun(self, work: _Work, failure: DeviceError) -> list[BaseException | None]:
+        """Worker thread: the batches of a failed submission, each run again on its own
+        unless it was the one that failed.
+
+        The device named the failed run (in a state other than ABORT, which
+        is what a run gets for being queued behind a fault): its batch fails,
+        with its own batch and request named. Every other batch only lost its
+        output and runs once more, alone; a batch that fails alone fails.
+        """
+        blamed = failure.run if failure.state != "ERT_CMD_STATE_ABORT" else None
+        errors: list[BaseException | None] = []
+        for (request, batch), run in zip(work.batches, work.first_runs, strict=True):
+            if blamed is not None and run <= blamed < run + batch.n_runs:
+                errors.append(_blame(failure, request, batch, len(work.batches)))
+                continue
+            if request.stopped:
+                errors.append(None)  # nothing to redo for a failed or cancelled request
+                continue
+            try:
+                with self.timeline.span(request.id, batch.index, "execute", work.slot):
+                    self._device.wait(
+                        self._device.start(
+                            work.buffers,
+                            work.block,
+                            n_runs=batch.n_runs,
+                            batch=batch.index,
+                            request=request.id,
+                            first_run=run,
+                        )
+                    )
+            except NpuPipelineError as error:
+                errors.append(error)
             else:
-                r, _, t = self._micro_tile
-                bm, _, bn = batch.block
-                packing.accumulate_block(
-                    buffers.view("c", np.int32),
-                    (bm, bn),
-                    self.contract.layout,
-                    (r, t),
-                    target,
-                    batch.first,
-                )
-            if batch.final and request.requant is not None:
-                q = request.requant
-                packing.requantize(
-                    target, request.out[m0:m1, n0:n1], q.shift, q.rounding, q.saturation
-                )
-                del request.accumulators[key]
+                errors.append(None)
+        return errors
+
+    def _accumulate(self, request: _Request, batch: Batch, region: _Region) -> None:
+        """Fold one batch's run output into C, or into its int32 sum (requantised when final)."""
+        (m0, m1), (n0, n1) = batch.m_range, batch.n_range
+        key = (batch.m_range, batch.n_range)
+        target = request.out[m0:m1, n0:n1]
+        if request.requant is not None:
+            if batch.first:
+                request.accumulators[key] = np.empty((m1 - m0, n1 - n0), dtype=np.int32)
+            target = request.accumulators[key]
+        if self.contract.semantic == "tile_pair":
+            if batch.first:
+                target[...] = 0
+            packing.accumulate_tile_pairs(
+                region.view("out", np.int8), batch.m_range, batch.k_range, batch.n_range, target
+            )
+        else:
+            r, _, t = self._micro_tile
+            bm, _, bn = batch.block
+            packing.accumulate_block(
+                region.view("c", np.int32),
+                (bm, bn),
+                self.contract.layout,
+                (r, t),
+                target,
+                batch.first,
+            )
+        if batch.final and request.requant is not None:
+            q = request.requant
+            packing.requantize(target, request.out[m0:m1, n0:n1], q.shift, q.rounding, q.saturation)
+            del request.accumulators[key]
+
+
+@dataclass(frozen=True)
+class _Region:
+    """The bytes of one batch's runs in a slot: they begin at run ``run``."""
+
+    buffers: Slot
+    stride: dict[str, int]  # bytes one run uses, by buffer name
+    run: int
+
+    def view(self, name: str, dtype: Any) -> np.ndarray:
+        """Buffer ``name`` from this batch's first byte on, as a flat ``dtype`` array."""
+        return self.buffers.views[name][self.run * self.stride[name] :].view(dtype)
+
+
+def _blame(failure: DeviceError, request: _Request, batch: Batch, shared: int) -> DeviceError:
+    """``failure`` told of the batch whose run failed in a submission of ``shared`` batches."""
+    return DeviceError(
+        explain(
+            f"run {failure.run} of a submission of {shared} batches, which was batch "
+            f"{batch.index} of request {request.id}, ended in {failure.state}",
+            "ERT_CMD_STATE_COMPLETED",
+            "This batch's output is lost and its request failed; the submission's "
+            "other batches were run again.",
+        ),
+        state=failure.state,
+        batch=batch.index,
+        request=request.id,
+        run=failure.run,
+    )
 
 
 def _detached(error: BaseException) -> BaseException:

@@ -340,6 +340,29 @@ def test_failed_run_inside_a_chain_is_named(rng, long_chains):
         check_tiles(slot, a, b)
 
 
+def test_part_of_a_slot_runs_again_from_first_run(rng, long_chains):
+    """A failed run is named by its index in the slot (DeviceError.run); the runs that
+    lost their output with it run again alone, from ``first_run``, and are exact."""
+    pairs = 12
+    with NpuDevice.open(
+        TILE16, device="emulator", faults=[Fault(FaultKind.ERROR, run_index=5)]
+    ) as npu:
+        slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
+        sub, a, b = tile_batch(npu, slot, rng, pairs, batch=4)
+        with pytest.raises(DeviceError) as info:
+            npu.wait(sub)
+        assert info.value.run == 5
+        slot.view("out")[:] = 0
+        npu.wait(npu.start(slot, (16, 16, 16), n_runs=5))
+        npu.wait(npu.start(slot, (16, 16, 16), n_runs=pairs - 6, first_run=6))
+        out = slot.view("out").reshape(pairs, 16, 16)
+        for run in (*range(5), *range(6, pairs)):
+            np.testing.assert_array_equal(out[run], reference.tile16_kernel(a[run], b[run]))
+        assert not out[5].any()  # run 5 was not run again: its output was never synced
+        with pytest.raises(ShapeError, match=r"runs 10\.\.12"):
+            npu.start(slot, (16, 16, 16), n_runs=3, first_run=10)
+
+
 def test_packing_into_a_chained_batch_in_flight_is_caught(rng, long_chains):
     """A write into the last run's input while its chain runs: that run ends in ERROR
     and wait raises the hazard; the slot is usable again afterwards."""

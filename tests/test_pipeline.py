@@ -133,6 +133,102 @@ async def test_concurrent_mixed_requests_all_exact(rng):
         assert np.array_equal(c, exact(a, b))
 
 
+def shared_submissions(spans):
+    """Execute intervals that more than one batch ran in (one submission of a shared slot)."""
+    batches_per_interval = {}
+    for span in spans:
+        if span.stage == "execute":
+            key = (span.start, span.end)
+            batches_per_interval[key] = batches_per_interval.get(key, 0) + 1
+    return [count for count in batches_per_interval.values() if count > 1]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@given(
+    shapes=st.lists(st.tuples(AWKWARD, AWKWARD, AWKWARD), min_size=2, max_size=12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_small_requests_share_slots_and_stay_exact(backend, shapes, seed):
+    """Concurrent small requests are run several to a slot; each result is still exact."""
+    rng = np.random.default_rng(seed)
+    inputs = [(random_int8(rng, (m, k)), random_int8(rng, (k, n))) for m, k, n in shapes]
+    results = [None] * len(inputs)
+
+    async def main():
+        async with npp.open_pipeline(device="emulator") as pipe:
+
+            async def one(index, a, b):
+                results[index] = await pipe.matmul(a, b)
+
+            async with anyio.create_task_group() as group:
+                for index, (a, b) in enumerate(inputs):
+                    group.start_soon(one, index, a, b)
+            assert pipe.slots_in_use == 0 and pipe.active_requests == 0
+            return pipe.timeline.spans
+
+    spans = anyio.run(main, backend=backend)
+    for (a, b), c in zip(inputs, results, strict=True):
+        assert np.array_equal(c, exact(a, b))
+    if len(inputs) > 3 and all(m <= 256 and k <= 64 and n <= 256 for m, k, n in shapes):
+        # More requests than slots, all queued at once, all of the smallest block.
+        assert shared_submissions(spans)
+
+
+async def grouped_requests(pipe, inputs):
+    """Run ``inputs`` concurrently; each result, or the DeviceError it raised."""
+    outcomes = [None] * len(inputs)
+
+    async def one(index, a, b):
+        try:
+            outcomes[index] = await pipe.matmul(a, b)
+        except npp.DeviceError as error:
+            outcomes[index] = error
+
+    async with anyio.create_task_group() as group:
+        for index, (a, b) in enumerate(inputs):
+            # Started without yielding: all are queued before the feed picks one.
+            group.start_soon(one, index, a, b)
+    return outcomes
+
+
+@pytest.mark.parametrize("kind", ["ERROR", "HANG"])
+async def test_fault_in_a_shared_submission_fails_only_its_request(rng, kind):
+    """Run 1 of the first submission fails: the request of that run fails, naming its
+    batch; the submission's other batches (and the runs aborted behind a hang) are
+    run again, and their requests are exact."""
+    from npu_pipeline.emulator import Fault, FaultKind
+
+    inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
+    options = {"faults": [Fault(FaultKind[kind], run_index=1)], "watchdog_s": 0.2}
+    async with npp.open_pipeline(device="emulator", device_options=options) as pipe:
+        outcomes = await grouped_requests(pipe, inputs)
+        assert pipe.slots_in_use == 0 and pipe.active_requests == 0
+        spans = pipe.timeline.spans
+    failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, npp.DeviceError)]
+    assert len(failed) == 1  # run 1 held the only batch of one request
+    error = outcomes[failed[0]]
+    assert error.batch == 0 and error.run == 1
+    assert error.state == ("ERT_CMD_STATE_ERROR" if kind == "ERROR" else "ERT_CMD_STATE_TIMEOUT")
+    assert f"batch 0 of request {error.request}" in str(error) and "submission of" in str(error)
+    for index, (a, b) in enumerate(inputs):
+        if index not in failed:
+            assert np.array_equal(outcomes[index], exact(a, b))
+    assert shared_submissions(spans)
+    assert_no_leaks()
+
+
+async def test_lost_device_fails_every_request_of_a_shared_submission(rng):
+    from npu_pipeline.emulator import Fault, FaultKind
+
+    inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
+    options = {"faults": [Fault(FaultKind.DEVICE_LOST, run_index=1)]}
+    async with npp.open_pipeline(device="emulator", device_options=options) as pipe:
+        outcomes = await grouped_requests(pipe, inputs)
+        assert pipe.slots_in_use == 0 and pipe.active_requests == 0
+    assert all(isinstance(outcome, npp.DeviceError) for outcome in outcomes[1:])
+    assert_no_leaks()
+
+
 async def test_small_request_is_not_stuck_behind_a_large_one(rng):
     big_a, big_b = random_int8(rng, (1024, 1024)), random_int8(rng, (1024, 1024))
     small_a, small_b = random_int8(rng, (8, 8)), random_int8(rng, (8, 8))
