@@ -114,20 +114,30 @@ async def test_legacy_contract_reproduces_the_seed_semantic(rng):
     assert np.array_equal(c, seed_wrapper_matmul(a, b))
 
 
+async def concurrent_requests(pipe, inputs):
+    """Run the (a, b) pairs concurrently; each result, or the DeviceError it raised."""
+    outcomes = [None] * len(inputs)
+
+    async def one(index, a, b):
+        try:
+            outcomes[index] = await pipe.matmul(a, b)
+        except npp.DeviceError as error:
+            outcomes[index] = error
+
+    async with anyio.create_task_group() as group:
+        for index, (a, b) in enumerate(inputs):
+            # Started without yielding: all are queued before the feed picks one.
+            group.start_soon(one, index, a, b)
+    return outcomes
+
+
 async def test_concurrent_mixed_requests_all_exact(rng):
     shapes = [(int(m), int(k), int(n)) for m, k, n in rng.integers(1, 200, size=(36, 3))]
     shapes[0] = (600, 700, 500)  # one large request among them
     inputs = [(random_int8(rng, (m, k)), random_int8(rng, (k, n))) for m, k, n in shapes]
-    results = [None] * len(inputs)
 
     async with small_budget_pipeline() as pipe:
-
-        async def one(index, a, b):
-            results[index] = await pipe.matmul(a, b)
-
-        async with anyio.create_task_group() as group:
-            for index, (a, b) in enumerate(inputs):
-                group.start_soon(one, index, a, b)
+        results = await concurrent_requests(pipe, inputs)
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
     for (a, b), c in zip(inputs, results, strict=True):
         assert np.array_equal(c, exact(a, b))
@@ -152,43 +162,19 @@ def test_small_requests_share_slots_and_stay_exact(backend, shapes, seed):
     """Concurrent small requests are run several to a slot; each result is still exact."""
     rng = np.random.default_rng(seed)
     inputs = [(random_int8(rng, (m, k)), random_int8(rng, (k, n))) for m, k, n in shapes]
-    results = [None] * len(inputs)
 
     async def main():
         async with npp.open_pipeline(device="emulator") as pipe:
-
-            async def one(index, a, b):
-                results[index] = await pipe.matmul(a, b)
-
-            async with anyio.create_task_group() as group:
-                for index, (a, b) in enumerate(inputs):
-                    group.start_soon(one, index, a, b)
+            results = await concurrent_requests(pipe, inputs)
             assert pipe.slots_in_use == 0 and pipe.active_requests == 0
-            return pipe.timeline.spans
+            return results, pipe.timeline.spans
 
-    spans = anyio.run(main, backend=backend)
+    results, spans = anyio.run(main, backend=backend)
     for (a, b), c in zip(inputs, results, strict=True):
         assert np.array_equal(c, exact(a, b))
     if len(inputs) > 3 and all(m <= 256 and k <= 64 and n <= 256 for m, k, n in shapes):
         # More requests than slots, all queued at once, all of the smallest block.
         assert shared_submissions(spans)
-
-
-async def grouped_requests(pipe, inputs):
-    """Run ``inputs`` concurrently; each result, or the DeviceError it raised."""
-    outcomes = [None] * len(inputs)
-
-    async def one(index, a, b):
-        try:
-            outcomes[index] = await pipe.matmul(a, b)
-        except npp.DeviceError as error:
-            outcomes[index] = error
-
-    async with anyio.create_task_group() as group:
-        for index, (a, b) in enumerate(inputs):
-            # Started without yielding: all are queued before the feed picks one.
-            group.start_soon(one, index, a, b)
-    return outcomes
 
 
 @pytest.mark.parametrize("kind", ["ERROR", "HANG"])
@@ -201,7 +187,7 @@ async def test_fault_in_a_shared_submission_fails_only_its_request(rng, kind):
     inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
     options = {"faults": [Fault(FaultKind[kind], run_index=1)], "watchdog_s": 0.2}
     async with npp.open_pipeline(device="emulator", device_options=options) as pipe:
-        outcomes = await grouped_requests(pipe, inputs)
+        outcomes = await concurrent_requests(pipe, inputs)
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
         spans = pipe.timeline.spans
     failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, npp.DeviceError)]
@@ -223,7 +209,7 @@ async def test_lost_device_fails_every_request_of_a_shared_submission(rng):
     inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
     options = {"faults": [Fault(FaultKind.DEVICE_LOST, run_index=1)]}
     async with npp.open_pipeline(device="emulator", device_options=options) as pipe:
-        outcomes = await grouped_requests(pipe, inputs)
+        outcomes = await concurrent_requests(pipe, inputs)
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
     assert all(isinstance(outcome, npp.DeviceError) for outcome in outcomes[1:])
     assert_no_leaks()
