@@ -215,6 +215,41 @@ async def test_lost_device_fails_every_request_of_a_shared_submission(rng):
     assert_no_leaks()
 
 
+async def test_cancelling_a_request_of_a_shared_submission_leaves_the_others_exact(rng):
+    """The cancelled request's run ends with its submission, and nothing is written
+    into its array; the other batches of the submission are exact."""
+    inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
+    victim_out = np.full((40, 20), 7, dtype=np.int32)
+    # Timed: each run lasts the cpu model's time, long enough to cancel in.
+    async with npp.open_pipeline(device="emulator", profile="cpu", timed=True) as pipe:
+        victim_scope = anyio.CancelScope()
+
+        async def victim():
+            with victim_scope:
+                await pipe.matmul(*inputs[0], out=victim_out)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(victim)
+            results = {}
+
+            async def other(index, a, b):
+                results[index] = await pipe.matmul(a, b)
+
+            for index, (a, b) in enumerate(inputs[1:], start=1):
+                group.start_soon(other, index, a, b)
+            while pipe.slots_in_use == 0:
+                await anyio.sleep(0)
+            victim_scope.cancel()
+        assert pipe.slots_in_use == 0 and pipe.active_requests == 0
+        spans = pipe.timeline.spans
+    assert victim_scope.cancelled_caught
+    assert (victim_out == 7).all()
+    for index in range(1, len(inputs)):
+        assert np.array_equal(results[index], exact(*inputs[index]))
+    assert shared_submissions(spans)
+    assert_no_leaks()
+
+
 async def test_small_request_is_not_stuck_behind_a_large_one(rng):
     big_a, big_b = random_int8(rng, (1024, 1024)), random_int8(rng, (1024, 1024))
     small_a, small_b = random_int8(rng, (8, 8)), random_int8(rng, (8, 8))
