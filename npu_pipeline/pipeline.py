@@ -62,6 +62,10 @@ from npu_pipeline.timeline import Span, Timeline
 #: watchdog; past twice the watchdog the device has been reset anyway.
 _RETIRE_GRACE_S = 5.0
 
+#: The state of a run ended because another one failed before it (XRT aborts
+#: what is queued behind a fault or a watchdog reset): it is not to blame.
+_ABORT = "ERT_CMD_STATE_ABORT"
+
 
 @dataclass(frozen=True)
 class Requantisation:
@@ -592,6 +596,7 @@ class Pipeline:
         )
 
     def _pack(self, request: _Request, batch: Batch, region: _Region) -> None:
+        """Pack one batch's operands into its runs' region of the slot."""
         if self.contract.semantic == "tile_pair":
             packing.pack_tile_pairs(
                 request.a,
@@ -657,6 +662,8 @@ class Pipeline:
             self.timeline.record(Span(request.id, batch.index, "execute", work.slot, began, ended))
         if failure is None:
             return [None] * len(work.batches)
+        if len(work.batches) == 1 and failure.state != _ABORT:
+            return [failure]  # the device's own error already names this batch
         return self._rerun(work, failure)
 
     def _rerun(self, work: _Work, failure: DeviceError) -> list[BaseException | None]:
@@ -668,7 +675,7 @@ class Pipeline:
         with its own batch and request named. Every other batch only lost its
         output and runs once more, alone; a batch that fails alone fails.
         """
-        blamed = failure.run if failure.state != "ERT_CMD_STATE_ABORT" else None
+        blamed = failure.run if failure.state != _ABORT else None
         errors: list[BaseException | None] = []
         for (request, batch), run in zip(work.batches, work.first_runs, strict=True):
             if blamed is not None and run <= blamed < run + batch.n_runs:
