@@ -845,9 +845,18 @@ async def open_pipeline(
     except BaseException:
         await anyio.to_thread.run_sync(npu.close)
         raise
+    failure: Exception | None = None
     async with anyio.create_task_group() as group:
         await group.start(pipe._serve)
         try:
             yield pipe
+        except Exception as error:
+            # Raised in the caller's block: re-raised as itself once the pipeline
+            # is closed, not wrapped in an ExceptionGroup by the task group, so
+            # that `except ShapeError:` around the block works. Cancellation
+            # (a BaseException) goes through the task group untouched.
+            failure = error
         finally:
             await pipe.aclose()
+    if failure is not None:
+        raise failure

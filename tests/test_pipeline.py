@@ -349,6 +349,14 @@ async def test_bad_input_is_refused_before_work(rng):
         assert pipe.active_requests == 0
 
 
+async def test_an_error_in_the_block_leaves_it_as_itself(rng):
+    """Not wrapped in an ExceptionGroup: ``except ShapeError`` around the block works."""
+    with pytest.raises(npp.ShapeError):
+        async with npp.open_pipeline(device="emulator") as pipe:
+            await pipe.matmul(random_int8(rng, (3, 4)), random_int8(rng, (5, 6)))
+    assert_no_leaks()
+
+
 async def test_no_numba_or_device_call_on_the_event_loop(rng, monkeypatch):
     """Every packing kernel and device call runs in a worker thread, never the loop's."""
     from npu_pipeline import device, packing
