@@ -923,10 +923,10 @@ class NpuDevice:
         return cached
 
     def _run_bos(self, sub: Submission, run: int) -> list[Any]:
-        """The BO of each buffer for run ``run``: the root for run 0 (its first bytes are
-        run 0's), else a cached sub-buffer (lock held)."""
+        """The BO of each buffer for run ``run``: the root for a lone run 0, else a
+        cached sub-buffer (lock held)."""
         roots = self._roots_of(sub.slot)
-        if run == 0:
+        if sub.n_runs == 1 and run == 0:
             return [roots[b.name] for b in self.contract.buffers]
         bos = []
         for name, stride in sub.shape.stride.items():
