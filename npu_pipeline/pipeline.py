@@ -8,7 +8,9 @@ How a matmul flows (see docs/pipeline.md for the picture):
    live requests, one batch at a time, so a small request is never stuck
    behind a large one), takes a free *slot* (its BOs), and in a worker thread
    **packs** the batch's A and B blocks into the slot (numba) and **starts**
-   the run on the device.
+   the run on the device. Short batches of one block shape share a slot and
+   one submission (see ``Pipeline._gather``): their hand-offs cost more than
+   their work.
 3. The **drain** task, in a worker thread, **waits** for the oldest run and
    **accumulates** its int32 output into the caller's C (or an int32
    accumulator, requantised once when its output block is final), then puts
