@@ -119,22 +119,19 @@ class _Work:
     Usually one batch. Batches whose runs are short share a slot (side by
     side, one run region after another) so that the hand-offs and the
     device's dispatch are paid once for all of them; they all have the same
-    block shape, and ``first_runs[i]`` is where batch ``i``'s runs begin.
+    block shape, and ``regions[i]`` is where batch ``i``'s runs lie in the slot.
     """
 
     batches: list[tuple[_Request, Batch]]
     slot: int
     buffers: Slot | None = None
+    regions: list[_Region] = field(default_factory=list)  # set when packed
     submission: Any = None
     submitted_at: float = 0.0
 
     @property
     def block(self) -> tuple[int, int, int]:
         return self.batches[0][1].block
-
-    @property
-    def first_runs(self) -> list[int]:
-        return list(itertools.accumulate((b.n_runs for _, b in self.batches), initial=0))[:-1]
 
     @property
     def n_runs(self) -> int:
@@ -588,9 +585,11 @@ class Pipeline:
         stride = self.contract.run_buffer_bytes(work.block)
         needs = {name: size * work.n_runs for name, size in stride.items()}
         work.buffers = self._pool.buffers(work.slot, needs)
-        for (request, batch), run in zip(work.batches, work.first_runs, strict=True):
+        first_runs = itertools.accumulate((batch.n_runs for _, batch in work.batches), initial=0)
+        work.regions = [_Region(work.buffers, stride, run) for run in first_runs][:-1]
+        for (request, batch), region in zip(work.batches, work.regions, strict=True):
             with self.timeline.span(request.id, batch.index, "pack", work.slot):
-                self._pack(request, batch, _Region(work.buffers, stride, run))
+                self._pack(request, batch, region)
         request, batch = work.batches[0]
         work.submitted_at = time.perf_counter()
         work.submission = self._device.start(
@@ -637,11 +636,10 @@ class Pipeline:
         Returns each batch's error, or None for a batch that went well.
         """
         errors = self._wait(work)
-        stride = self.contract.run_buffer_bytes(work.block)
-        for (request, batch), run, error in zip(work.batches, work.first_runs, errors, strict=True):
+        for (request, batch), region, error in zip(work.batches, work.regions, errors, strict=True):
             if error is None and not request.stopped:  # else leave C alone
                 with self.timeline.span(request.id, batch.index, "accumulate", work.slot):
-                    self._accumulate(request, batch, _Region(work.buffers, stride, run))
+                    self._accumulate(request, batch, region)
         return errors
 
     def _wait(self, work: _Work) -> list[BaseException | None]:
@@ -679,7 +677,8 @@ class Pipeline:
         """
         blamed = failure.run if failure.state != _ABORT else None
         errors: list[BaseException | None] = []
-        for (request, batch), run in zip(work.batches, work.first_runs, strict=True):
+        for (request, batch), region in zip(work.batches, work.regions, strict=True):
+            run = region.run
             if blamed is not None and run <= blamed < run + batch.n_runs:
                 errors.append(_blame(failure, request, batch, len(work.batches)))
                 continue
