@@ -7,8 +7,8 @@ and how fast the emulator's exact block product runs
 of at most 1024, exact for int8 data). A short
 measurement (well under 3 s once packing's kernels are compiled) finds them;
 the result is cached on disk under ``$XDG_CACHE_HOME/npu_pipeline/`` (default
-``~/.cache``), keyed by host name, CPU count and library versions, so it runs
-once per machine and install.
+``~/.cache``), keyed by host name, CPU count, BLAS threads in effect and
+library versions, so it runs once per machine, install and thread setting.
 
 The measurement is a median over repeats, but a machine busy with other work
 measures slow and the cache keeps that: ``NPU_PIPELINE_CALIBRATION=refresh``
@@ -95,13 +95,21 @@ def calibration_enabled() -> bool:
 
 
 def host_key() -> str:
-    """What a calibration is valid for: host, CPU count and library versions."""
+    """What a calibration is valid for: host, CPU count, BLAS threads and library versions."""
     import numba
+    from threadpoolctl import threadpool_info
 
     from npu_pipeline import __version__
 
+    # The exact-compute rate scales with the BLAS threads in effect, which a
+    # caller may limit (the benchmark does): each setting has its own figures.
+    blas_threads = max(
+        (pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"),
+        default=1,
+    )
     return (
         f"{platform.node()}|{platform.machine()}|cpus={os.cpu_count()}|"
+        f"blas_threads={blas_threads}|"
         f"npu_pipeline={__version__}|numpy={np.__version__}|numba={numba.__version__}"
     )
 

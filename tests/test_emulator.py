@@ -777,6 +777,42 @@ def test_chained_tile_pairs_are_exact(rng, order):
                 np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
 
 
+@pytest.mark.parametrize("order", ["consecutive", "reversed"])
+def test_chained_gemm_runs_on_sub_buffers_are_exact(rng, order, monkeypatch):
+    """Gemm runs on consecutive sub-buffers of one A, B and C BO (as a shared slot lays
+    them out) are computed in one stacked product, others run by run: both exactly."""
+    from npu_pipeline.emulator import _queue
+
+    runs, (m, k, n) = 5, BLOCK
+    a, b = random_int8(rng, (runs, m, k)), random_int8(rng, (runs, k, n))
+    stacked = []
+    compute = _queue.product_of_runs
+    monkeypatch.setattr(
+        _queue, "product_of_runs", lambda *args: stacked.append(1) or compute(*args)
+    )
+    with rig() as r:
+        instr = r.instr(BLOCK)
+        bo_a, bo_b = r.data(3, a.nbytes, a), r.data(4, b.nbytes, b)
+        bo_c = r.data(5, runs * m * n * 4)
+        chain = xrt.runlist(r.ctx)
+        for i in range(runs) if order == "consecutive" else range(runs - 1, -1, -1):
+            run = xrt.run(r.kernel)
+            subs = (
+                xrt.bo(bo_a, m * k, m * k * i),
+                xrt.bo(bo_b, k * n, k * n * i),
+                xrt.bo(bo_c, m * n * 4, m * n * 4 * i),
+            )
+            for j, value in enumerate((3, *instr, *subs)):
+                run.set_arg(j, value)
+            chain.add(run)
+        chain.execute()
+        assert chain.wait() is None
+        c = read_c(bo_c, runs * m, n).reshape(runs, m, n)
+    assert len(stacked) == (1 if order == "consecutive" else 0)
+    for i in range(runs):
+        np.testing.assert_array_equal(c[i], a[i].astype(np.int64) @ b[i].astype(np.int64))
+
+
 def assert_chain_stopped_at(members, bo_out, a, b, *, failed, unwritten_from):
     """Runs before ``failed`` completed exactly, it ended in ERROR, the rest aborted."""
     states = [run.state() for run in members]
@@ -816,14 +852,14 @@ def test_mapped_write_during_a_chain_of_tile_pairs_is_caught(rng, monkeypatch):
         chain, members, bo_in, bo_out = tile_chain(r, pairs)
         pack_pairs(bo_in, a, b)
         view = np.frombuffer(bo_in.map(), dtype=np.uint8)
-        compute = _queue.execute_tile_pairs
+        compute = _queue.product_of_runs
 
         def host_writes_meanwhile(*args):
             view[3 * 512] ^= 1  # the host packing into a run still in flight
-            monkeypatch.setattr(_queue, "execute_tile_pairs", compute)
+            monkeypatch.setattr(_queue, "product_of_runs", compute)
             return compute(*args)
 
-        monkeypatch.setattr(_queue, "execute_tile_pairs", host_writes_meanwhile)
+        monkeypatch.setattr(_queue, "product_of_runs", host_writes_meanwhile)
         chain.execute()
         with pytest.raises(BufferHazardError, match=r"run #3 .*map\(\) view"):
             chain.wait()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from npu_pipeline import calibration
 from npu_pipeline.contract import load_contract, parse_contract
@@ -167,6 +168,17 @@ def test_calibration_measures_caches_and_labels(cache_dir, monkeypatch):
     monkeypatch.setenv(calibration.ENV_VAR, "refresh")
     assert get_profile("cpu").pack_bytes_per_s == 1.0
     assert json.loads(files[0].read_text())["pack_bytes_per_s"] == 1.0
+
+
+def test_calibration_is_kept_apart_per_blas_thread_setting():
+    """The exact-compute rate depends on the BLAS threads in effect (the benchmark
+    limits them): each setting has its own cache entry."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = calibration.host_key()
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = calibration.host_key()
+    assert "blas_threads=1|" in one and "blas_threads=2|" in two
+    assert calibration.cache_path(one) != calibration.cache_path(two)
 
 
 def test_calibration_failure_falls_back_to_defaults(cache_dir, monkeypatch):

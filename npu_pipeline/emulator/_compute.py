@@ -184,6 +184,21 @@ def _narrow_into(product: np.ndarray, spec: OutputSpec, c: np.ndarray) -> None:
     np.copyto(c, narrow(product, spec).reshape(shape), casting="unsafe")
 
 
+def _operand_bytes(
+    contract: KernelContract, block: tuple[int, int, int], inputs: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The int8 bytes of A and of B in the input buffers (uint8, one run per row if 2-D)."""
+    m, k, n = block
+    operands = {}
+    for spec in contract.input_buffers:
+        raw = inputs[spec.name].view(np.int8)
+        if spec.operand == "AB":  # tile pair: the A tile, then the B tile
+            operands["A"], operands["B"] = raw[..., : m * k], raw[..., m * k : m * k + k * n]
+        else:
+            operands[spec.operand] = raw[..., : (m * k if spec.operand == "A" else k * n)]
+    return operands["A"], operands["B"]
+
+
 def execute(
     contract: KernelContract,
     stream: InstructionStream,
@@ -204,15 +219,7 @@ def execute(
         tile_a, tile_b, tile_c = (r, s), (s, t), (r, t)
     else:
         tile_a, tile_b, tile_c = (m, k), (k, n), (m, n)
-    raw_a = raw_b = None
-    for spec in contract.input_buffers:
-        raw = buffers[spec.name].view(np.int8)
-        if spec.operand == "AB":  # tile pair: the A tile, then the B tile
-            raw_a, raw_b = raw[: m * k], raw[m * k : m * k + k * n]
-        elif spec.operand == "A":
-            raw_a = raw
-        else:
-            raw_b = raw
+    raw_a, raw_b = _operand_bytes(contract, stream.block, buffers)
     a = _as_float32(_logical(raw_a, m, k, tile_a), scratch.array("a", (m, k)))
     b = _as_float32(_logical(raw_b, k, n, tile_b), scratch.array("b", (k, n)))
 
@@ -225,44 +232,55 @@ def execute(
 
 
 def can_group(contract: KernelContract, stream: InstructionStream) -> bool:
-    """Whether runs of ``stream`` may be computed together by :func:`execute_tile_pairs`."""
-    return (
-        contract.semantic == "tile_pair"
-        and stream.layout == "row_major"
-        and stream.block[1] <= K_CHUNK
-    )
+    """Whether runs of ``stream`` may be computed together by :func:`product_of_runs`."""
+    return stream.layout == "row_major" and stream.block[1] <= K_CHUNK
 
 
-def execute_tile_pairs(
+def product_of_runs(
     contract: KernelContract,
     stream: InstructionStream,
-    pairs: np.ndarray,
+    inputs: Mapping[str, np.ndarray],
     scratch: Scratch,
 ) -> np.ndarray:
-    """Several runs of a ``tile_pair`` contract at once, bit-exactly as :func:`execute`.
+    """The exact products of several runs at once, as :func:`execute` computes one.
+
+    One conversion per operand and one stacked matmul for all the runs: a
+    chain of small runs would otherwise spend more in per-run Python and
+    numpy calls than in arithmetic.
 
     Args:
-        pairs: (runs, input bytes) uint8, each row one run's input buffer
-            (the A tile, then the B tile). Only read.
+        inputs: by input buffer name, (runs, bytes) uint8, each row one
+            run's bytes of that buffer (row-major blocks). Only read.
         scratch: the calling thread's work arrays.
 
     Returns:
-        (runs, output bytes) uint8, each row one run's output buffer, in
-        ``scratch`` (valid until its next use).
+        (runs, m, n) float32 holding exact integers (every partial sum is
+        below ``2**24``: K <= :data:`K_CHUNK`, see :func:`can_group`), in
+        ``scratch``, valid until its next use. :func:`write_runs` stores them.
     """
     m, k, n = stream.block
-    runs = pairs.shape[0]
-    raw = pairs.view(np.int8)
-    a = scratch.array("pairs_a", (runs * m, k)).reshape(runs, m, k)
-    b = scratch.array("pairs_b", (runs * k, n)).reshape(runs, k, n)
-    np.copyto(a, raw[:, : m * k].reshape(runs, m, k))
-    np.copyto(b, raw[:, m * k : m * k + k * n].reshape(runs, k, n))
-    product = scratch.array("pairs_product", (runs * m, n)).reshape(runs, m, n)
-    np.matmul(a, b, out=product)  # exact: every partial sum below 2**24 (K <= 1024)
-    out_dtype = np.dtype(contract.output_buffer.dtype)
-    c = scratch.array("pairs_c", (runs, m * n), out_dtype.type)
+    raw_a, raw_b = _operand_bytes(contract, stream.block, inputs)
+    runs = raw_a.shape[0]
+    a = scratch.array("runs_a", (runs * m, k)).reshape(runs, m, k)
+    b = scratch.array("runs_b", (runs * k, n)).reshape(runs, k, n)
+    np.copyto(a, raw_a.reshape(runs, m, k))
+    np.copyto(b, raw_b.reshape(runs, k, n))
+    product = scratch.array("runs_product", (runs * m, n)).reshape(runs, m, n)
+    np.matmul(a, b, out=product)
+    return product
+
+
+def write_runs(contract: KernelContract, product: np.ndarray, outputs: np.ndarray) -> None:
+    """Store products from :func:`product_of_runs` as the runs' output buffers.
+
+    Args:
+        product: (runs, m, n) float32 exact products; overwritten for an int8 output.
+        outputs: (runs, bytes) uint8, each row one run's output buffer (device copy).
+    """
+    runs, m, n = product.shape
+    dtype = np.dtype(contract.output_buffer.dtype)
+    c = outputs[:, : m * n * dtype.itemsize].view(dtype).reshape(runs, m, n)
     if contract.output.dtype == "int8":
-        _narrow_into(product, contract.output, c.reshape(runs, m, n))
+        _narrow_into(product, contract.output, c)
     else:
-        np.copyto(c.reshape(runs, m, n), product, casting="unsafe")
-    return c.view(np.uint8)
+        np.copyto(c, product, casting="unsafe")

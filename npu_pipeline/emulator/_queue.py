@@ -19,7 +19,7 @@ thread takes commands first in, first out, and for each run:
 At most ``runs_in_flight`` commands are in flight (queued or executing); a
 further ``submit`` blocks until one completes, as the driver's does. A
 command's place is given back before its last run is seen to end. Runs of a
-runlist of tile pairs on consecutive sub-buffers are computed together when
+runlist on consecutive sub-buffers are computed together when
 every per-run rule allows it (see ``_run_group``).
 """
 
@@ -37,7 +37,13 @@ import numpy as np
 
 from npu_pipeline.contract import KernelContract
 from npu_pipeline.emulator._buffers import Use
-from npu_pipeline.emulator._compute import Scratch, can_group, execute, execute_tile_pairs
+from npu_pipeline.emulator._compute import (
+    Scratch,
+    can_group,
+    execute,
+    product_of_runs,
+    write_runs,
+)
 from npu_pipeline.emulator._enums import ert_cmd_state
 from npu_pipeline.emulator._faults import FaultKind
 from npu_pipeline.emulator._instructions import InstructionStream
@@ -275,8 +281,9 @@ class CommandQueue:
 
     # -- runs of a runlist computed together ---------------------------------------
     #
-    # A runlist of tile pairs (16x16x16 each) spends most of its device time in
-    # per-run Python overhead, not arithmetic. Consecutive runs of one stream
+    # A runlist of small runs (tile pairs of 16x16x16, or the small gemm blocks
+    # of short batches sharing a slot) spends much of its device time in per-run
+    # Python and numpy calls, not arithmetic. Consecutive runs of one stream
     # whose buffers are consecutive equal slices of the same BOs (sub-buffers
     # of one root, as NpuDevice lays a batch out) are computed in one batched
     # product into scratch. Nothing is written, and no run ends, unless every
@@ -329,16 +336,15 @@ class CommandQueue:
         first = group[0]
         contract = first.contract
         device_start = max(first.submitted_at, self._last_completion)
-        inputs = [i for i, spec in enumerate(contract.buffers) if spec.role == "input"]
-        if len(inputs) != 1:
-            return 0
-        output = [spec.name for spec in contract.buffers].index(contract.output_buffer.name)
-        source, target = first.uses[inputs[0]], first.uses[output]
-        runs, size = len(group), source.end - source.start
-        pairs = source.storage.device[source.start : source.start + runs * size]
-        results = execute_tile_pairs(
-            contract, first.stream, pairs.reshape(runs, size), self._scratch
-        )
+        runs = len(group)
+        # Each buffer's bytes of every run of the group, a run per row (as _group_end checked).
+        rows = {
+            spec.name: use.storage.device[
+                use.start : use.start + runs * (use.end - use.start)
+            ].reshape(runs, -1)
+            for spec, use in zip(contract.buffers, first.uses, strict=False)
+        }
+        product = product_of_runs(contract, first.stream, rows, self._scratch)
         now = time.perf_counter()
         watchdog = state.watchdog_s
         if state.lost or self._stop.is_set() or 0 < watchdog < now - device_start:
@@ -349,9 +355,7 @@ class CommandQueue:
                 done = index
                 break
         if done:
-            size = target.end - target.start
-            written = results[:done].reshape(-1)
-            target.storage.device[target.start : target.start + done * size] = written
+            write_runs(contract, product[:done], rows[contract.output_buffer.name][:done])
         for index in range(position, position + done):
             self._last_completion = now
             self._complete(command, index, COMPLETED, checked=True)
