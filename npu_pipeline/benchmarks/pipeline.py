@@ -15,6 +15,9 @@ Parts (each row says whether it is measured or MODELLED):
    pipeline over the same contract and over ``gemm_i8_i32``.
 6. Concurrency: 32 concurrent requests against one request of the same total
    work, and the latency of small requests issued during a large one.
+
+All of it runs with BLAS limited to :data:`DEVICE_BLAS_THREADS`; parts 1 and
+6 are then run again with BLAS on every core and their ratios reported beside.
 """
 
 from __future__ import annotations
