@@ -195,8 +195,10 @@ class Submission:
         "running",
         "shape",
         "slot",
+        "start_error",
         "started_at",
         "stopped",
+        "synced",
     )
 
     def __init__(
@@ -219,6 +221,9 @@ class Submission:
         # (index of the failed run or None when the device did not say, its command)
         self.failed: tuple[int | None, _Command] | None = None
         self.stopped = False  # start no more runs
+        self.synced = False  # inputs synced: its runs may start
+        # Raised by wait(): starting a run failed in another batch's start or wait.
+        self.start_error: Exception | None = None
         self.closed = False  # wait() has returned or raised
         self.chain = 1  # runs per command, fixed at the first start
 
@@ -664,9 +669,10 @@ class NpuDevice:
 
         The slot holds runs of ``block`` side by side: run ``i`` uses bytes
         ``[i * s, (i + 1) * s)`` of each buffer, ``s`` being the bytes one run
-        needs. This starts runs ``first_run .. first_run + n_runs - 1`` (as
-        many as the in-flight limit allows; :meth:`wait` starts the rest), so
-        a caller can run again part of what a failed submission lost.
+        needs. This starts runs ``first_run .. first_run + n_runs - 1``, so a
+        caller can run again part of what a failed submission lost: as many
+        as the in-flight limit allows now; the rest start as places free, in
+        the order batches were started, from whichever :meth:`wait` is running.
 
         Raises:
             BufferHazardError: the slot's previous batch still has runs in flight.
@@ -705,7 +711,8 @@ class NpuDevice:
                 for name, size in shape.inputs:
                     roots[name].sync(self._to_device, n_runs * size, first_run * size)
                 with self._lock:
-                    self._fill(sub)
+                    sub.synced = True
+                    self._fill_queued(sub)
             except BaseException:
                 self._finish(sub)
                 raise
@@ -746,6 +753,8 @@ class NpuDevice:
                     with self._lock:
                         oldest = sub.running[0] if sub.running else None
                     late_state = oldest.state_name() if oldest is not None else None
+                elif sub.start_error is not None:
+                    raise sub.start_error
                 elif sub.failed is not None:
                     failed_state = sub.failed[1].final()  # the emulator raises hazards here
                 elif not sub.stopped:
@@ -813,7 +822,7 @@ class NpuDevice:
                 sub.stopped = True
             with self._lock:
                 self._reap()
-                self._fill(sub)
+                self._fill_queued(sub)
                 if not sub.running and (sub.stopped or sub.next_run == sub.end_run):
                     return True
                 # The device's oldest command, whichever batch it belongs to: commands
@@ -989,6 +998,27 @@ class NpuDevice:
                 runs.append(r)
             cached = self._chains[key] = (chain, tuple(runs))
         return cached
+
+    def _fill_queued(self, own: Submission) -> None:
+        """Start runs of every started batch, oldest first, while the device has room
+        (lock held).
+
+        Not only ``own``'s: runs left over when the device was full would
+        otherwise wait for their own batch's ``wait()``, and a caller waiting
+        for an older batch first (the pipeline drains in order) would leave
+        the device idle meanwhile. An error starting ``own``'s runs is raised;
+        another batch's is kept for its ``wait()`` to raise.
+        """
+        for sub in list(self._active.values()):
+            if len(self._in_flight) >= self.info.runs_in_flight:
+                return
+            if sub is own:
+                self._fill(sub)
+            elif sub.synced and not sub.closed and sub.start_error is None:
+                try:
+                    self._fill(sub)
+                except Exception as error:
+                    sub.start_error = error
 
     def _fill(self, sub: Submission) -> None:
         """Start commands of ``sub`` while the device has room (lock held)."""

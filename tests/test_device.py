@@ -381,24 +381,53 @@ def test_packing_into_a_chained_batch_in_flight_is_caught(rng, long_chains):
         check_tiles(slot, a, b)
 
 
-def test_a_batch_waits_behind_chains_of_later_batches(rng, monkeypatch):
-    """Batch B is started while the limit is full, so none of its runs start; then
-    batch C takes every place in flight. Waiting for B (before C, as the pipeline's
-    single waiter does) must see C's chains end, although only a poll tells."""
+def test_runs_left_over_start_in_batch_order_whoever_waits(rng, monkeypatch):
+    """Batch A takes every place in flight; B and C are started while the limit is
+    full, so none of their runs start. Waiting for C alone (as a caller waiting
+    for another batch, or none, would) must start B's runs before C's, as places
+    free, and see every chain end, although only a poll tells."""
     monkeypatch.setattr(NpuDevice, "_chain_length", lambda self, block: 2)
     pairs = 8
     with NpuDevice.open(TILE16, device="emulator") as npu:
         slots = [npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs}) for _ in range(3)]
         sub_a, a_a, b_a = tile_batch(npu, slots[0], rng, pairs)
         sub_b, a_b, b_b = tile_batch(npu, slots[1], rng, pairs)
-        assert (len(sub_a.running), len(sub_b.running)) == (4, 0)
-        npu.wait(sub_a)
         sub_c, a_c, b_c = tile_batch(npu, slots[2], rng, pairs)
-        assert len(sub_c.running) == 4
-        npu.wait(sub_b, timeout_s=10)
+        assert [len(s.running) for s in (sub_a, sub_b, sub_c)] == [4, 0, 0]
         npu.wait(sub_c, timeout_s=10)
+        assert sub_b.next_run == sub_b.end_run  # every run of B started before C's last
+        npu.wait(sub_a, timeout_s=10)
+        npu.wait(sub_b, timeout_s=10)
         for slot, a, b in zip(slots, (a_a, a_b, a_c), (b_a, b_b, b_c), strict=True):
             check_tiles(slot, a, b)
+
+
+def test_error_starting_another_batchs_runs_goes_to_that_batchs_wait(rng, monkeypatch):
+    """Waiting for A starts B's left-over runs; when that start fails, A's wait is
+    not the one to raise: B's wait raises it, naming B, and the device serves on."""
+    monkeypatch.setattr(NpuDevice, "_chain_length", lambda self, block: 2)
+    pairs = 8
+    with NpuDevice.open(TILE16, device="emulator") as npu:
+        slots = [npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs}) for _ in range(2)]
+        sub_a, a_a, b_a = tile_batch(npu, slots[0], rng, pairs, batch=0, request=1)
+        sub_b, _, _ = tile_batch(npu, slots[1], rng, pairs, batch=3, request=2)
+        assert (len(sub_a.running), len(sub_b.running)) == (4, 0)
+        chain = NpuDevice._chain
+
+        def refuse_b(self, sub, first, count):
+            if sub is sub_b:
+                raise RuntimeError("command submission refused")
+            return chain(self, sub, first, count)
+
+        monkeypatch.setattr(NpuDevice, "_chain", refuse_b)
+        npu.wait(sub_a, timeout_s=10)
+        check_tiles(slots[0], a_a, b_a)
+        with pytest.raises(DeviceError, match="command submission refused") as info:
+            npu.wait(sub_b, timeout_s=10)
+        assert (info.value.batch, info.value.request) == (3, 2)
+        sub, a, b = tile_batch(npu, slots[1], rng, pairs)
+        npu.wait(sub, timeout_s=10)
+        check_tiles(slots[1], a, b)
 
 
 def test_chain_of_a_timed_out_wait_frees_its_slot_when_it_ends(rng, long_chains):
