@@ -1011,7 +1011,7 @@ class NpuDevice:
         the device idle meanwhile. An error starting ``own``'s runs is raised;
         another batch's is kept for its ``wait()`` to raise.
         """
-        for sub in list(self._active.values()):
+        for sub in self._active.values():  # _fill never adds or removes a batch
             if len(self._in_flight) >= self.info.runs_in_flight:
                 return
             if sub is own:
