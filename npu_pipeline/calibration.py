@@ -129,7 +129,7 @@ def measure() -> Calibration:
     """
     from npu_pipeline import packing
     from npu_pipeline.contract import load_contract
-    from npu_pipeline.emulator._compute import Scratch, exact_product
+    from npu_pipeline.exact import Scratch, exact_product
 
     contract = load_contract("gemm_i8_i32")
     r, s, t = contract.target(CPU.generation).micro_tile

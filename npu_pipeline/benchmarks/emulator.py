@@ -28,7 +28,8 @@ from npu_pipeline import emulator as xrt
 from npu_pipeline.benchmarks import Goal, Row, Section, median_seconds
 from npu_pipeline.contract import KernelContract, load_contract
 from npu_pipeline.device import NpuDevice
-from npu_pipeline.emulator._compute import Scratch, execute
+from npu_pipeline.emulator._compute import execute
+from npu_pipeline.exact import Scratch
 
 TINY = (16, 16, 16)  # tile16_legacy's one block
 SMALL = (256, 64, 256)  # the smallest legal gemm_i8_i32 block on npu1

@@ -36,7 +36,7 @@ from npu_pipeline.benchmarks import Goal, Row, Section, median_seconds
 from npu_pipeline.calibration import Calibration, apply, load_or_measure, with_host_rates
 from npu_pipeline.contract import load_contract
 from npu_pipeline.device import NpuDevice
-from npu_pipeline.emulator._compute import Scratch, exact_product
+from npu_pipeline.exact import Scratch, exact_product
 from npu_pipeline.pipeline import Pipeline, open_pipeline
 from npu_pipeline.planner import plan_batches
 from npu_pipeline.profiles import NPU1, DeviceProfile

@@ -1,14 +1,10 @@
 """Bit-exact execution of one run of a kernel contract on the CPU.
 
-The product is computed with float32 BLAS, which is exact for int8 operands
-when K is cut into chunks of at most :data:`K_CHUNK`: every partial sum of a
-chunk is bounded by ``1024 * 128 * 128 = 2**24``, and float32 represents every
-integer up to ``2**24`` exactly, whatever order BLAS adds in. Chunks are added
-in int32. numpy releases the GIL inside BLAS and the casts, so the device
-thread computes while the host's Python threads keep running.
-
-Work arrays are reused (:class:`Scratch`, one per device thread): a fresh
-megabyte costs more in page faults than converting it.
+The product is computed with float32 BLAS in K chunks, which is exact for
+int8 operands (:mod:`npu_pipeline.exact` says why, and holds the work arrays,
+one :class:`~npu_pipeline.exact.Scratch` per device thread). numpy releases
+the GIL inside BLAS and the casts, so the device thread computes while the
+host's Python threads keep running.
 
 Each byte moves as few times as possible: each int8 operand is converted to
 float32 in one pass; with K <= 1024 the float32 product is converted straight
@@ -28,10 +24,8 @@ import numpy as np
 from npu_pipeline.contract import KernelContract, OutputSpec
 from npu_pipeline.emulator._instructions import InstructionStream
 from npu_pipeline.errors import ContractError, explain
+from npu_pipeline.exact import K_CHUNK, Scratch, exact_product
 from npu_pipeline.reference import Rounding, Saturation, saturate, srs
-
-#: Largest K chunk whose float32 partial sums are exact for int8 operands.
-K_CHUNK = 1024
 
 
 def check_supported(contract: KernelContract) -> None:
@@ -64,75 +58,10 @@ def _logical(flat: np.ndarray, rows: int, cols: int, tile: tuple[int, int]) -> n
     return flat[: rows * cols].reshape(rows // tr, cols // tc, tr, tc).transpose(0, 2, 1, 3)
 
 
-#: Alignment of scratch arrays, bytes (a cache line; BLAS packs faster from it).
-_ALIGN = 64
-
-
-class Scratch:
-    """Work arrays of one device thread, each grown to the largest size asked for."""
-
-    def __init__(self) -> None:
-        self._flat: dict[str, np.ndarray] = {}
-        self._views: dict[tuple[str, tuple[int, int], type], np.ndarray] = {}
-
-    def array(self, role: str, shape: tuple[int, int], dtype: type = np.float32) -> np.ndarray:
-        """An uninitialised ``shape`` array of ``dtype`` for ``role``; valid until the next call."""
-        key = (role, shape, dtype)
-        view = self._views.get(key)
-        if view is not None:
-            return view
-        size = shape[0] * shape[1]
-        flat = self._flat.get(role)
-        if flat is None or flat.size < size or flat.dtype != dtype:
-            flat = self._flat[role] = _aligned(size, dtype)
-            self._views = {k: v for k, v in self._views.items() if k[0] != role}
-        if len(self._views) >= 256:  # many shapes: keep the cache small
-            self._views.clear()
-        view = self._views[key] = flat[:size].reshape(shape)
-        return view
-
-
-def _aligned(size: int, dtype: type) -> np.ndarray:
-    itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(size * itemsize + _ALIGN, dtype=np.uint8)
-    skip = -raw.ctypes.data % _ALIGN
-    return raw[skip : skip + size * itemsize].view(dtype)
-
-
 def _as_float32(operand: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Copy a logical (2-D or 4-D) int8 operand into the float32 matrix ``out``."""
     np.copyto(out.reshape(operand.shape) if operand.ndim != 2 else out, operand)
     return out
-
-
-def exact_product(
-    a: np.ndarray, b: np.ndarray, scratch: Scratch, out: np.ndarray | None = None
-) -> np.ndarray:
-    """``a @ b`` for float32 matrices holding int8 values, exactly.
-
-    Without ``out``: returns float32 when K fits one chunk (its values are
-    exact integers), else int32 (chunk sums added in int32); the result lives
-    in ``scratch``. With ``out`` (an int32 array of the product's shape, or
-    a view of the product's logical shape): the exact product is written
-    into it, and it is returned.
-    """
-    (m, k), n = a.shape, b.shape[1]
-    part = scratch.array("product", (m, n))
-    if k <= K_CHUNK:
-        np.matmul(a, b, out=part)
-        if out is None:
-            return part
-        np.copyto(out, part if out.ndim == 2 else part.reshape(out.shape), casting="unsafe")
-        return out
-    acc = scratch.array("sum", (m, n), np.int32) if out is None else out
-    chunk = part if acc.ndim == 2 else part.reshape(acc.shape)
-    for k0 in range(0, k, K_CHUNK):
-        np.matmul(a[:, k0 : k0 + K_CHUNK], b[k0 : k0 + K_CHUNK], out=part)
-        if k0 == 0:
-            np.copyto(acc, chunk, casting="unsafe")
-        else:
-            np.add(acc, chunk, out=acc, casting="unsafe")  # exact: added in float64
-    return acc
 
 
 def narrow(product: np.ndarray, out: OutputSpec) -> np.ndarray:

@@ -37,18 +37,13 @@ import numpy as np
 
 from npu_pipeline.contract import KernelContract
 from npu_pipeline.emulator._buffers import Use
-from npu_pipeline.emulator._compute import (
-    Scratch,
-    can_group,
-    execute,
-    product_of_runs,
-    write_runs,
-)
+from npu_pipeline.emulator._compute import can_group, execute, product_of_runs, write_runs
 from npu_pipeline.emulator._enums import ert_cmd_state
 from npu_pipeline.emulator._faults import FaultKind
 from npu_pipeline.emulator._instructions import InstructionStream
 from npu_pipeline.emulator._state import DeviceState
 from npu_pipeline.errors import DriverRuleError, explain
+from npu_pipeline.exact import Scratch
 
 _log = logging.getLogger(__name__)
 
