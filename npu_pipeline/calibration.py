@@ -218,17 +218,24 @@ def load_or_measure(refresh: bool = False) -> Calibration:
 
 
 def with_host_rates(base: DeviceProfile, calibration: Calibration) -> DeviceProfile:
-    """``base`` with this host's measured pack and accumulate rates; device rates unchanged.
+    """``base`` with this host's measured pack, accumulate and exact-product rates;
+    device rates unchanged.
 
     This is how a real NPU profile is given the host stages of the machine in
-    use: the NPU side stays modelled, the host side is measured.
+    use: the NPU side stays modelled, the host side (including the host path's
+    exact product) is measured.
     """
     where = f"measured on this host by npu_pipeline.calibration ({calibration.host})"
-    measured = {"pack_bytes_per_s": where, "accumulate_bytes_per_s": where}
+    measured = {
+        "pack_bytes_per_s": where,
+        "accumulate_bytes_per_s": where,
+        "host_ops_per_s": f"{where}: exact float32 BLAS",
+    }
     return dataclasses.replace(
         base,
         pack_bytes_per_s=calibration.pack_bytes_per_s,
         accumulate_bytes_per_s=calibration.accumulate_bytes_per_s,
+        host_ops_per_s=calibration.exact_ops_per_s,
         sources=tuple((p, measured.get(p, s)) for p, s in base.sources),
     )
 

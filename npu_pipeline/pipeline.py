@@ -53,8 +53,15 @@ from npu_pipeline.errors import (
     ShapeError,
     explain,
 )
+from npu_pipeline.exact import host_matmul
 from npu_pipeline.operands import check_operands, check_out, check_out_dtype
-from npu_pipeline.planner import Batch, Plan, plan_batches
+from npu_pipeline.planner import (
+    BATCHES_PER_BUDGET,
+    Batch,
+    Plan,
+    check_latency_budget,
+    plan_batches,
+)
 from npu_pipeline.profiles import DeviceProfile, get_profile
 from npu_pipeline.reference import Rounding, Saturation
 from npu_pipeline.timeline import Span, Timeline
@@ -63,6 +70,15 @@ from npu_pipeline.timeline import Span, Timeline
 #: before giving up, seconds. Runs are planned to take far less than the
 #: watchdog; past twice the watchdog the device has been reset anyway.
 _RETIRE_GRACE_S = 5.0
+
+#: A host-path product modelled to take at most this long runs on the event
+#: loop itself, seconds: a worker-thread hand-off costs more (100-150 us
+#: here), and it stays well inside the ~100 us of CPU work a loop may spend
+#: without delaying other tasks noticeably.
+INLINE_HOST_S = 50e-6
+
+#: The slot number host-path spans carry: they use no slot.
+HOST_SLOT = -1
 
 #: The state of a run ended because another one failed before it (XRT aborts
 #: what is queued behind a fault or a watchdog reset): it is not to blame.
@@ -128,6 +144,7 @@ class _Work:
     regions: list[_Region] = field(default_factory=list)  # set when packed
     submission: Any = None
     submitted_at: float = 0.0
+    device_s: float = 0.0  # modelled device seconds of all its runs
 
     @property
     def block(self) -> tuple[int, int, int]:
@@ -259,6 +276,10 @@ class Pipeline:
         profile: the device profile plans are made for.
         slots: number of BO slots (2 = double buffering).
         memory_budget: pinned host memory all slots together may use, bytes.
+        latency_budget_s: device seconds of started work the scheduler lets
+            queue on the device at once (``None`` in :func:`open_pipeline`
+            gives the planner's default); a new batch waits behind at most that.
+        host_path: plans may send a request to an exact product on the host.
         timeline: every stage of every batch, as spans (see :mod:`npu_pipeline.timeline`).
     """
 
@@ -269,11 +290,15 @@ class Pipeline:
         profile: DeviceProfile,
         slots: int,
         memory_budget: int,
+        latency_budget_s: float,
+        host_path: bool = True,
     ) -> None:
         self.contract = contract
         self.profile = profile
         self.slots = slots
         self.memory_budget = memory_budget
+        self.latency_budget_s = latency_budget_s
+        self.host_path = host_path
         self.timeline = Timeline()
         # The tile shape of the contract's layout on this NPU generation (r, s, t).
         self._micro_tile = contract.target(profile.generation).micro_tile
@@ -282,6 +307,13 @@ class Pipeline:
         self._scheduler = _Scheduler()
         # One worker thread for the feed stage, one for the drain stage.
         self._limiter = anyio.CapacityLimiter(2)
+        # Host-path products get a thread of their own: they never hold up a stage.
+        self._host_limiter = anyio.CapacityLimiter(1)
+        # The feed starts more work only while the device time started and not
+        # yet retired leaves room for one more batch of the budget's share.
+        self._queue_limit_s = latency_budget_s - latency_budget_s / BATCHES_PER_BUDGET
+        self._device_freed = anyio.Event()
+        self._device_s: dict[tuple[int, int, int], float] = {}  # modelled seconds per run
         self._ids = itertools.count(1)
         self._plans: dict[tuple[int, int, int, str], Plan] = {}
         self._group_limits: dict[tuple[int, int, int], int] = {}  # runs per slot, by block
@@ -323,6 +355,8 @@ class Pipeline:
                 slots=self.slots,
                 memory_budget=self.memory_budget,
                 out_dtype=dtype,
+                latency_budget_s=self.latency_budget_s,
+                host_path=self.host_path,
             )
         return self._plans[key]
 
@@ -367,6 +401,8 @@ class Pipeline:
         else:
             check_out(out, (m, n), dtype, a, b)
         plan = self.plan(m, k, n, dtype)
+        if plan.path == "host":
+            return await self._on_host(a, b, out, requant, plan)
         request = _Request(next(self._ids), a, b, out, plan, requant)
         self._requests.add(request)
         self._scheduler.add(request)
@@ -386,6 +422,31 @@ class Pipeline:
         if request.error is not None:
             raise request.error
         return out
+
+    async def _on_host(
+        self, a: np.ndarray, b: np.ndarray, out: np.ndarray, requant: Any, plan: Plan
+    ) -> np.ndarray:
+        """The exact product on the host, as the plan chose: on the event loop when
+        shorter than a thread hand-off, else in the host-path thread."""
+        request = next(self._ids)
+        if plan.predicted_s <= INLINE_HOST_S:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            self._compute_on_host(request, a, b, out, requant)
+        else:
+            await anyio.to_thread.run_sync(
+                self._compute_on_host, request, a, b, out, requant, limiter=self._host_limiter
+            )
+        return out
+
+    def _compute_on_host(
+        self, request: int, a: np.ndarray, b: np.ndarray, out: np.ndarray, requant: Any
+    ) -> None:
+        with self.timeline.span(request, 0, "host", HOST_SLOT):
+            if requant is None:
+                host_matmul(a, b, out)
+            else:
+                exact = host_matmul(a, b, np.empty(out.shape, dtype=np.int32))
+                packing.requantize(exact, out, requant.shift, requant.rounding, requant.saturation)
 
     async def aclose(self) -> None:
         """Stop serving: fail unfinished requests, wait for runs in flight, free everything."""
@@ -505,12 +566,18 @@ class Pipeline:
             while True:
                 await self._scheduler.wait_for_work()
                 slot = await self._pool.acquire()
+                # The latency budget: pick (round-robin) only once the device has
+                # room, so that a request arriving meanwhile is picked next.
+                while sum(w.device_s for w in self._started) > self._queue_limit_s:
+                    self._device_freed = anyio.Event()
+                    await self._device_freed.wait()
                 picked = self._scheduler.pick()
                 if picked is None:
                     self._pool.release(slot)
                     continue
                 work = _Work([picked], slot)
                 self._gather(work)
+                work.device_s = sum(self._run_s(b.block) * b.n_runs for _, b in work.batches)
                 try:
                     await anyio.to_thread.run_sync(
                         self._pack_and_start, work, limiter=self._limiter
@@ -544,14 +611,22 @@ class Pipeline:
     def _group_runs(self, block: tuple[int, int, int]) -> int:
         """Most runs of ``block`` one slot carries: its share of memory, and one chain's
         worth of device time (:data:`~npu_pipeline.device.CHAIN_BUDGET_S`, as the
-        profile models it)."""
+        profile models it) within the latency budget's share of a batch."""
         limit = self._group_limits.get(block)
         if limit is None:
             per_run = sum(self.contract.run_buffer_bytes(block).values())
             by_memory = self._pool.slot_budget // per_run
-            by_time = int(CHAIN_BUDGET_S / self.profile.run_seconds(self.contract, block))
+            seconds = min(CHAIN_BUDGET_S, self.latency_budget_s / BATCHES_PER_BUDGET)
+            by_time = int(seconds / self._run_s(block))
             limit = self._group_limits[block] = max(1, min(by_memory, by_time))
         return limit
+
+    def _run_s(self, block: tuple[int, int, int]) -> float:
+        """Modelled device seconds of one run of ``block``."""
+        seconds = self._device_s.get(block)
+        if seconds is None:
+            seconds = self._device_s[block] = self.profile.run_seconds(self.contract, block)
+        return seconds
 
     async def _drain(self, receive: Any) -> None:
         """Wait for the oldest submission, fold its outputs into C, free its slot; repeat."""
@@ -569,6 +644,7 @@ class Pipeline:
         """Give the slot back and account each batch to its request (event-loop thread)."""
         if work in self._started:
             self._started.remove(work)
+            self._device_freed.set()
         self._pool.release(work.slot)
         for (request, _), error in zip(work.batches, errors, strict=True):
             request.outstanding -= 1
@@ -795,6 +871,8 @@ async def open_pipeline(
     slots: int | None = None,
     *,
     memory_budget: int | None = None,
+    latency_budget_s: float | None = None,
+    host_path: bool = True,
     timed: bool = False,
     device_options: dict[str, Any] | None = None,
 ) -> AsyncIterator[Pipeline]:
@@ -808,6 +886,13 @@ async def open_pipeline(
             emulator and the detected generation on real hardware.
         slots: BO slots, 1..runs in flight; default :func:`default_slots`.
         memory_budget: pinned host memory for all slots, bytes; default the profile's.
+        latency_budget_s: device seconds of started work allowed on the device at
+            once, so that no request waits behind more of another's; default
+            :data:`~npu_pipeline.planner.DEFAULT_LATENCY_BUDGET_S` (4 ms),
+            ``math.inf`` for none. Plans cut batches to fit it where that costs
+            little (``Plan.fits_latency_budget``, ``Plan.latency_cost``).
+        host_path: let plans compute a request exactly on the host when the
+            cost model says the device path is slower (``Plan.path``).
         timed: emulator only: runs complete no earlier than the profile's
             modelled time, so NPU-like proportions can be studied (modelled).
         device_options: extra keyword arguments for :meth:`NpuDevice.open`
@@ -842,7 +927,8 @@ async def open_pipeline(
                 )
             )
         budget = memory_budget if memory_budget is not None else chosen.memory_budget_bytes
-        pipe = Pipeline(npu, contract, chosen, count, budget)
+        latency = check_latency_budget(latency_budget_s)
+        pipe = Pipeline(npu, contract, chosen, count, budget, latency, bool(host_path))
     except BaseException:
         await anyio.to_thread.run_sync(npu.close)
         raise

@@ -58,6 +58,24 @@ WATCHDOG_FRACTION = 4
 #: on bookkeeping than a larger block would cost, and planning itself slows.
 MAX_BATCHES = 2**17
 
+#: Device seconds the scheduler lets other requests' work queue ahead of a
+#: new batch, by default (``latency_budget_s``). A few milliseconds: short
+#: enough that a small request issued during a large one finishes within a
+#: few budgets, long enough that a run's fixed costs (dispatch, hand-offs,
+#: 45-330 us on the NPUs modelled) stay a small share of it.
+DEFAULT_LATENCY_BUDGET_S = 0.004
+
+#: Batches of one request that fit the latency budget together: one running
+#: on the device and one queued behind it, so that the device never waits for
+#: a host hand-off. A plan that fits keeps every batch within
+#: ``latency_budget_s / BATCHES_PER_BUDGET`` of modelled device time.
+BATCHES_PER_BUDGET = 2
+
+#: A plan is cut to fit the latency budget when that makes its simulated wall
+#: time at most this much longer than the fastest plan's (a fraction); past
+#: it, throughput wins and the plan says that it does not fit.
+LATENCY_COST_TOLERANCE = 0.05
+
 #: Relative tolerance under which two simulated wall times count as equal.
 _TIE = 1e-9
 
@@ -252,8 +270,23 @@ class Plan:
         memory_budget: the budget the plan had to fit, bytes.
         n_runs: kernel invocations over the whole plan.
         batches: the batches, in execution order.
-        estimate: the predicted figures.
+        estimate: the predicted figures of the device path.
         schedule: per-batch stage spans behind ``estimate``.
+        latency_budget_s: device seconds of other requests' work a new batch
+            may find queued ahead of it (the scheduler's bound), seconds.
+        batch_device_s: modelled device seconds of the plan's longest batch.
+        fits_latency_budget: every batch is within
+            ``latency_budget_s / BATCHES_PER_BUDGET`` of device time.
+        latency_cost: how much longer (a fraction of the fastest plan's
+            simulated wall) the plan is for being cut to fit the budget; for a
+            plan that does not fit, what fitting would have cost (``inf``: no
+            legal block fits).
+        path: ``"device"`` (the batches run on the NPU) or ``"host"`` (the
+            exact product is computed on the host: the device would not pay).
+        host_s: modelled host seconds of the exact product on the host, or
+            ``None`` when the contract has no host path (``tile_pair``'s
+            clipped semantic is not the exact product).
+        path_reason: why ``path`` was chosen, in words.
     """
 
     shape: tuple[int, int, int]
@@ -270,6 +303,20 @@ class Plan:
     batches: tuple[Batch, ...]
     estimate: Estimate
     schedule: Schedule
+    latency_budget_s: float
+    batch_device_s: float
+    fits_latency_budget: bool
+    latency_cost: float
+    path: str
+    host_s: float | None
+    path_reason: str
+
+    @property
+    def predicted_s(self) -> float:
+        """Predicted (MODELLED) wall seconds of the path the plan takes."""
+        if self.path == "host" and self.host_s is not None:
+            return self.host_s
+        return self.estimate.wall_s
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (tuples become lists under ``json.dumps``)."""
@@ -292,6 +339,8 @@ class Plan:
             f"{batch_grid} (m x k x n) = {len(self.batches)}, runs {self.n_runs}",
             f"  slots     {self.slots} x {_bytes(self.slot_bytes)} = "
             f"{_bytes(self.memory_bytes)} pinned of {_bytes(self.memory_budget)} budget",
+            f"  latency   {self._latency_line()}",
+            f"  path      {self.path}: {self.path_reason}",
             "",
             f"  {'stage':<12}{'busy':>12}{'util':>8}",
         ]
@@ -323,6 +372,21 @@ class Plan:
             "not measured on an NPU."
         )
         return "\n".join(lines)
+
+    def _latency_line(self) -> str:
+        limit = self.latency_budget_s / BATCHES_PER_BUDGET
+        head = (
+            f"budget {_seconds(self.latency_budget_s)}; longest batch "
+            f"{_seconds(self.batch_device_s)} on the device"
+        )
+        if self.fits_latency_budget:
+            cost = f", {self.latency_cost:+.1%} wall for the cut" if self.latency_cost else ""
+            return f"{head} (fits <= {_seconds(limit)}{cost})"
+        if math.isinf(self.latency_cost):
+            why = "no legal block is that short"
+        else:
+            why = f"fitting would cost {self.latency_cost:+.1%} wall"
+        return f"{head} (does NOT fit <= {_seconds(limit)}: {why})"
 
 
 # ---------------------------------------------------------------------------
@@ -472,11 +536,13 @@ class _Candidate:
     Attributes:
         dispatch_bound: the execute stage's hand-offs and dispatches alone,
             seconds; cheap, so the search can skip a candidate before costing it.
+        device_s: modelled device seconds of its largest (full) batch.
     """
 
     axes: tuple[_Axis, _Axis, _Axis]
     slot_bytes: int
     dispatch_bound: float
+    device_s: float
 
     @property
     def block(self) -> tuple[int, int, int]:
@@ -614,7 +680,9 @@ def _candidates(
                     _batch_count(axes) * profile.batch_overhead_s
                     + costs.total_runs(axes) * dispatch
                 )
-                out.append(_Candidate(axes, sum(costs.io_bytes(full)), bound))
+                run, runs = costs.run_block(full)
+                device_s = runs * profile.run_seconds(costs.contract, run)
+                out.append(_Candidate(axes, sum(costs.io_bytes(full)), bound, device_s))
     return out
 
 
@@ -722,6 +790,8 @@ def plan_batches(
     slots: int | None = None,
     memory_budget: int | None = None,
     out_dtype: Any = np.int32,
+    latency_budget_s: float | None = None,
+    host_path: bool = True,
 ) -> Plan:
     """Plan ``C[M x N] = A[M x K] @ B[K x N]``: block shape, slots, batch order, estimate.
 
@@ -734,9 +804,18 @@ def plan_batches(
         memory_budget: pinned bytes all slots together may use; ``None`` uses
             the profile's ``memory_budget_bytes``.
         out_dtype: ``np.int32`` (exact) or ``np.int8`` (requantised at the end).
+        latency_budget_s: device seconds of this request's work that another
+            request may find queued ahead of it; ``None`` for
+            :data:`DEFAULT_LATENCY_BUDGET_S`, ``math.inf`` for no bound. The
+            plan's batches are cut to fit it when that costs at most
+            :data:`LATENCY_COST_TOLERANCE` of wall time.
+        host_path: allow the plan to choose an exact product on the host when
+            the cost model says the device path is slower and the product
+            is no longer than the latency budget.
 
     Returns:
-        The plan with the lowest simulated wall time (ties: less memory).
+        The plan with the lowest simulated wall time (ties: less memory),
+        cut to fit the latency budget where that costs little.
 
     Raises:
         ShapeError: a dimension < 1 or not an integer, or K too large for int32.
@@ -753,10 +832,59 @@ def plan_batches(
     budget = _check_budget(prof.memory_budget_bytes if memory_budget is None else memory_budget)
     costs = _Costs(contract, prof, requantise=dtype != np.int32)
 
+    latency = check_latency_budget(latency_budget_s)
     candidates = _candidates(shape, contract, costs)
+    best = _fastest(candidates, costs, slot_counts, budget)
+    if best is None:
+        raise _infeasible(candidates, costs, budget, slot_counts)
+    # Cut to fit the latency budget when that costs little: every batch within
+    # the budget's share, so other requests never queue behind much of this one.
+    limit = latency / BATCHES_PER_BUDGET
+    latency_cost = 0.0
+    if best[2].device_s > limit:
+        cut = _fastest([c for c in candidates if c.device_s <= limit], costs, slot_counts, budget)
+        latency_cost = cut[0] / best[0] - 1 if cut is not None else math.inf
+        if latency_cost <= LATENCY_COST_TOLERANCE:
+            best = cut
+    wall, memory, chosen, schedule = best
+    batches = _batches(chosen, costs, schedule.slots)
+    for run in {b.block for b in batches}:
+        contract.check_block(run, prof.generation)  # by construction; a cheap guarantee
+    n_runs = sum(b.n_runs for b in batches)
+    serial = sum(schedule.busy_s.values())
+    return Plan(
+        shape=shape,
+        kernel=contract.name,
+        profile=prof.name,
+        generation=prof.generation,
+        out_dtype=dtype.name,
+        block=costs.run_block(chosen.block)[0],
+        slots=schedule.slots,
+        slot_bytes=chosen.slot_bytes,
+        memory_bytes=memory,
+        memory_budget=budget,
+        n_runs=n_runs,
+        batches=batches,
+        estimate=schedule.estimate(serial + n_runs * prof.seed_call_host_s),
+        schedule=schedule,
+        latency_budget_s=latency,
+        batch_device_s=chosen.device_s,
+        fits_latency_budget=chosen.device_s <= limit,
+        latency_cost=latency_cost,
+        **_path(shape, contract, prof, dtype, wall, latency, host_path),
+    )
+
+
+def _fastest(
+    candidates: list[_Candidate],
+    costs: _Costs,
+    slot_counts: list[int],
+    budget: int,
+) -> tuple[float, int, _Candidate, Schedule] | None:
+    """(wall, memory, candidate, schedule) of the candidate and slot count with the
+    lowest simulated wall time within ``budget`` bytes (ties: less memory), or None."""
     fitting = [c for c in candidates if c.slot_bytes * slot_counts[0] <= budget]
     fitting.sort(key=lambda c: (c.dispatch_bound, c.slot_bytes, c.block))
-
     # Branch and bound: dispatch_bound <= lower_bound <= any simulated wall, so
     # once a bound passes the best wall so far, that candidate cannot win.
     best: tuple[float, int, _Candidate, Schedule] | None = None
@@ -780,27 +908,63 @@ def plan_batches(
                 or (wall <= best[0] * (1 + _TIE) and memory < best[1])
             ):
                 best = (wall, memory, candidate, schedule)
-    if best is None:
-        raise _infeasible(candidates, costs, budget, slot_counts)
-    _, memory, chosen, schedule = best
-    batches = _batches(chosen, costs, schedule.slots)
-    for run in {b.block for b in batches}:
-        contract.check_block(run, prof.generation)  # by construction; a cheap guarantee
-    n_runs = sum(b.n_runs for b in batches)
-    serial = sum(schedule.busy_s.values())
-    return Plan(
-        shape=shape,
-        kernel=contract.name,
-        profile=prof.name,
-        generation=prof.generation,
-        out_dtype=dtype.name,
-        block=costs.run_block(chosen.block)[0],
-        slots=schedule.slots,
-        slot_bytes=chosen.slot_bytes,
-        memory_bytes=memory,
-        memory_budget=budget,
-        n_runs=n_runs,
-        batches=batches,
-        estimate=schedule.estimate(serial + n_runs * prof.seed_call_host_s),
-        schedule=schedule,
-    )
+    return best
+
+
+def _path(
+    shape: tuple[int, int, int],
+    contract: KernelContract,
+    profile: DeviceProfile,
+    dtype: np.dtype,
+    device_s: float,
+    latency_budget_s: float,
+    allowed: bool,
+) -> dict[str, Any]:
+    """The ``path``, ``host_s`` and ``path_reason`` fields of a plan: device or host."""
+    if contract.semantic != "block_gemm":
+        reason = "the kernel's clipped per-tile semantic is not the exact product"
+        return {"path": "device", "host_s": None, "path_reason": reason}
+    m, k, n = shape
+    host_s = profile.host_seconds(m, k, n)
+    if dtype != np.int32:
+        host_s += profile.accumulate_seconds(m * n * _ACC_ITEMSIZE) - profile.batch_overhead_s
+    host, device = _seconds(host_s), _seconds(device_s)
+    if not allowed:
+        reason = f"the host path is turned off (an exact host product would take {host})"
+    elif host_s >= device_s:
+        reason = f"the device path ({device}) beats an exact host product ({host})"
+    elif host_s > latency_budget_s:
+        reason = (
+            f"an exact host product ({host}) would beat the device path ({device}), but it "
+            f"would hold a host core longer than the latency budget "
+            f"({_seconds(latency_budget_s)}), in one piece"
+        )
+    else:
+        reason = (
+            f"an exact host product ({host}) beats the device path ({device}): "
+            "dispatch, padding and hand-offs cost more than the work"
+        )
+        return {"path": "host", "host_s": host_s, "path_reason": reason}
+    return {"path": "device", "host_s": host_s, "path_reason": reason}
+
+
+def check_latency_budget(value: Any) -> float:
+    """``value`` as a latency budget in seconds (``None``: the default).
+
+    Raises:
+        PlanError: not a positive number.
+    """
+    if value is None:
+        return DEFAULT_LATENCY_BUDGET_S
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        value = None
+    if value is None or not value > 0:  # NaN fails this too
+        raise PlanError(
+            explain(
+                f"latency_budget_s={value!r}",
+                "a positive number of seconds (math.inf: no latency bound), or None for "
+                f"the default {DEFAULT_LATENCY_BUDGET_S:g} s",
+                "Pass e.g. latency_budget_s=0.004.",
+            )
+        )
+    return float(value)

@@ -104,6 +104,8 @@ _UNITS = {
     "accumulate_bytes_per_s": "B/s",
     "batch_overhead_s": "s",
     "seed_call_host_s": "s",
+    "host_ops_per_s": "ops/s",
+    "host_call_s": "s",
     "device_time_scale": "x",
 }
 
@@ -134,6 +136,10 @@ class DeviceProfile:
         seed_call_host_s: host work per kernel call of a per-call Python loop
             like the seed's (slicing, bo.write/read, widening, adding), seconds;
             used only for the sequential-loop baseline.
+        host_ops_per_s: int8 ops (2 per multiply-add) per second of an exact
+            product computed on the host instead (float32 BLAS,
+            :func:`npu_pipeline.exact.host_matmul`): the planner's host path.
+        host_call_s: fixed host seconds of one such product (casts, call).
         device_time_scale: multiplies every device time (1 unless slowed).
         sources: ``(parameter, source)`` pairs: NPU_FACTS.md line, derivation,
             measurement or "assumption".
@@ -153,6 +159,8 @@ class DeviceProfile:
     accumulate_bytes_per_s: float
     batch_overhead_s: float
     seed_call_host_s: float
+    host_ops_per_s: float
+    host_call_s: float
     device_time_scale: float = 1.0
     sources: tuple[tuple[str, str], ...] = ()
 
@@ -211,6 +219,13 @@ class DeviceProfile:
         Runs of one batch go one after another: each pays its dispatch.
         """
         return self.batch_overhead_s + n_runs * self.run_seconds(contract, block)
+
+    def host_seconds(self, m: int, k: int, n: int) -> float:
+        """Host seconds of the exact (m x k) @ (k x n) product computed on the host.
+
+        Not scaled by ``device_time_scale``: it is host work.
+        """
+        return self.host_call_s + 2 * m * k * n / self.host_ops_per_s
 
     def accumulate_seconds(self, nbytes: int) -> float:
         """Host seconds to fold ``nbytes`` of run output into C, hand-off included."""
@@ -284,7 +299,16 @@ _SEED_HOST_SOURCE = (
     f"call itself ({FACTS}:14-16)"
 )
 _HANDOFF_SOURCE = "assumption: anyio worker-thread hand-off, about 50 us"
+_HOST_PRODUCT_SOURCES = (
+    (
+        "host_ops_per_s",
+        "assumption: float32 BLAS on one or two laptop cores, int8 casts included; "
+        "npu_pipeline.calibration measures it on the host in use",
+    ),
+    ("host_call_s", "assumption: two small casts and one BLAS call, about 5 us"),
+)
 _HOST_SOURCES = (
+    *_HOST_PRODUCT_SOURCES,
     ("pack_bytes_per_s", "assumption: one laptop core copying int8 with padding (numba)"),
     ("accumulate_bytes_per_s", "assumption: one laptop core adding int32 partials (numba)"),
     ("batch_overhead_s", _HANDOFF_SOURCE),
@@ -300,6 +324,8 @@ _HOST_DEFAULTS = {
     "accumulate_bytes_per_s": 4e9,
     "batch_overhead_s": 50e-6,
     "seed_call_host_s": _SEED_CALL_S - _NPU1_PYTHON_CALL_S,
+    "host_ops_per_s": 100e9,
+    "host_call_s": 5e-6,
 }
 
 NPU1 = DeviceProfile(
@@ -391,8 +417,11 @@ CPU = dataclasses.replace(
     ),
     pack_bytes_per_s=CPU_DEFAULTS["pack_bytes_per_s"],
     accumulate_bytes_per_s=CPU_DEFAULTS["accumulate_bytes_per_s"],
+    # The host path and the emulated device compute with the same BLAS.
+    host_ops_per_s=CPU_DEFAULTS["exact_ops_per_s"],
     sources=(
         *_COMMON_SOURCES,
+        ("host_call_s", dict(_HOST_PRODUCT_SOURCES)["host_call_s"]),
         ("compute_cores", "design: the emulator computes a whole block at once (BLAS)"),
         ("memory_budget_bytes", "design: emulated BOs are ordinary (unpinned) host memory"),
         ("dispatch_s", "assumption: emulator submit -> worker thread -> completion"),
@@ -401,6 +430,7 @@ CPU = dataclasses.replace(
         ("accumulate_bytes_per_s", "default (calibration off): assumption, shared host core"),
         ("core_ops_per_s[gemm_i8_i32]", "default (calibration off): float32 BLAS, assumption"),
         ("core_ops_per_s[tile16_legacy]", "default (calibration off): float32 BLAS, assumption"),
+        ("host_ops_per_s", "default (calibration off): float32 BLAS, assumption"),
         ("batch_overhead_s", _HANDOFF_SOURCE),
         ("seed_call_host_s", _SEED_HOST_SOURCE),
     ),

@@ -48,13 +48,20 @@ from npu_pipeline.errors import TimelineError, explain
 #: The three pipeline stages, in pipeline order.
 STAGES: tuple[str, ...] = ("pack", "execute", "accumulate")
 
+#: A request computed whole on the host (the planner's host path): shown in
+#: traces, never part of the three stages' overlap figures.
+HOST_STAGE = "host"
+
+#: Every span kind, in the order traces show them.
+_KINDS = (*STAGES, HOST_STAGE)
+
 
 def _check_stage(stage: str) -> None:
-    if stage not in STAGES:
+    if stage not in _KINDS:
         raise TimelineError(
             explain(
                 f"span stage {stage!r} is unknown",
-                f"one of {', '.join(STAGES)}",
+                f"one of {', '.join(_KINDS)}",
                 "Record one span per stage; name it exactly as the pipeline does.",
             )
         )
@@ -454,7 +461,7 @@ class Timeline:
         """
         spans = self.spans
         origin = min((s.start for s in spans), default=0.0)
-        lanes = sorted({(s.stage, s.slot) for s in spans}, key=lambda k: (STAGES.index(k[0]), k[1]))
+        lanes = sorted({(s.stage, s.slot) for s in spans}, key=lambda k: (_KINDS.index(k[0]), k[1]))
         tids = {lane: n for n, lane in enumerate(lanes, start=1)}
         pid = 1
         events: list[dict[str, Any]] = [
@@ -523,7 +530,7 @@ class Timeline:
                 'Timeline.plot needs matplotlib; install it with pip install "npu-pipeline[plot]".'
             ) from error
 
-        spans = self.spans
+        spans = tuple(s for s in self.spans if s.stage in STAGES)  # host spans: no row
         summary = Timeline(spans).summary()
         origin = min((s.start for s in spans), default=0.0)
         scale, unit = _time_unit(summary.wall_s)

@@ -21,7 +21,7 @@ AWKWARD = st.sampled_from([1, 2, 3, 5, 7, 13, 17, 31, 63, 65, 127, 129, 257])
 def small_budget_pipeline(**kwargs):
     """A pipeline whose memory budget forces many batches even for small shapes."""
     # The smallest gemm_i8_i32 slot on npu1 is 256x64 + 64x256 int8 + 256x256 int32.
-    return npp.open_pipeline(device="emulator", memory_budget=3 * 294_912, **kwargs)
+    return npp.open_pipeline(device="emulator", host_path=False, memory_budget=3 * 294_912, **kwargs)
 
 
 async def test_exact_int32_many_batches(rng):
@@ -54,7 +54,7 @@ async def test_large_k_beyond_float32_exactness(rng):
     a = np.full((3, 5000), -128, dtype=np.int8)
     b = np.full((5000, 2), -128, dtype=np.int8)
     a[1] = random_int8(rng, 5000)
-    async with npp.open_pipeline(device="emulator") as pipe:
+    async with npp.open_pipeline(device="emulator", host_path=False) as pipe:
         c = await pipe.matmul(a, b)
     assert c[0, 0] == 5000 * 128 * 128 > 2**24
     assert np.array_equal(c, exact(a, b))
@@ -86,7 +86,7 @@ async def test_out_is_honoured_including_views(rng):
     b = random_int8(rng, (50, 30))
     backing = np.full((60, 80), 7, dtype=np.int32)
     out = backing[5:45, 10:70:2]  # a strided view
-    async with npp.open_pipeline(device="emulator") as pipe:
+    async with npp.open_pipeline(device="emulator", host_path=False) as pipe:
         result = await pipe.matmul(a, b, out=out)
     assert result is out
     assert np.array_equal(out, exact(a, b))
@@ -99,7 +99,7 @@ async def test_views_as_inputs(rng):
     big = random_int8(rng, (90, 120))
     a = big[::2, 1::3]  # strided rows and columns
     b = np.asfortranarray(big[:40, :33])[::-1]  # Fortran order, negative stride
-    async with npp.open_pipeline(device="emulator") as pipe:
+    async with npp.open_pipeline(device="emulator", host_path=False) as pipe:
         c = await pipe.matmul(a, b)
     assert np.array_equal(c, exact(a, b))
 
@@ -107,7 +107,7 @@ async def test_views_as_inputs(rng):
 async def test_legacy_contract_reproduces_the_seed_semantic(rng):
     a = random_int8(rng, (40, 70))
     b = random_int8(rng, (70, 24))
-    async with npp.open_pipeline(device="emulator", kernel="tile16_legacy") as pipe:
+    async with npp.open_pipeline(device="emulator", host_path=False, kernel="tile16_legacy") as pipe:
         c = await pipe.matmul(a, b, out_dtype=np.int8)
         with pytest.raises(npp.DTypeError, match="int8"):
             await pipe.matmul(a, b)
@@ -164,7 +164,7 @@ def test_small_requests_share_slots_and_stay_exact(backend, shapes, seed):
     inputs = [(random_int8(rng, (m, k)), random_int8(rng, (k, n))) for m, k, n in shapes]
 
     async def main():
-        async with npp.open_pipeline(device="emulator") as pipe:
+        async with npp.open_pipeline(device="emulator", host_path=False) as pipe:
             results = await concurrent_requests(pipe, inputs)
             assert pipe.slots_in_use == 0 and pipe.active_requests == 0
             return results, pipe.timeline.spans
@@ -186,7 +186,7 @@ async def test_fault_in_a_shared_submission_fails_only_its_request(rng, kind):
 
     inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
     options = {"faults": [Fault(FaultKind[kind], run_index=1)], "watchdog_s": 0.2}
-    async with npp.open_pipeline(device="emulator", device_options=options) as pipe:
+    async with npp.open_pipeline(device="emulator", host_path=False, device_options=options) as pipe:
         outcomes = await concurrent_requests(pipe, inputs)
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
         spans = pipe.timeline.spans
@@ -208,7 +208,7 @@ async def test_lost_device_fails_every_request_of_a_shared_submission(rng):
 
     inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
     options = {"faults": [Fault(FaultKind.DEVICE_LOST, run_index=1)]}
-    async with npp.open_pipeline(device="emulator", device_options=options) as pipe:
+    async with npp.open_pipeline(device="emulator", host_path=False, device_options=options) as pipe:
         outcomes = await concurrent_requests(pipe, inputs)
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
     assert all(isinstance(outcome, npp.DeviceError) for outcome in outcomes[1:])
@@ -221,7 +221,7 @@ async def test_cancelling_a_request_of_a_shared_submission_leaves_the_others_exa
     inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
     victim_out = np.full((40, 20), 7, dtype=np.int32)
     # Timed: each run lasts the cpu model's time, long enough to cancel in.
-    async with npp.open_pipeline(device="emulator", profile="cpu", timed=True) as pipe:
+    async with npp.open_pipeline(device="emulator", host_path=False, profile="cpu", timed=True) as pipe:
         victim_scope = anyio.CancelScope()
 
         async def victim():
@@ -333,7 +333,7 @@ async def test_closing_with_requests_in_flight_fails_them_cleanly(rng):
 
 async def test_bad_input_is_refused_before_work(rng):
     a = random_int8(rng, (4, 5))
-    async with npp.open_pipeline(device="emulator") as pipe:
+    async with npp.open_pipeline(device="emulator", host_path=False) as pipe:
         with pytest.raises(npp.DTypeError, match="float32"):
             await pipe.matmul(a.astype(np.float32), a.T.copy())
         with pytest.raises(npp.ShapeError, match="inner dimensions"):
@@ -352,7 +352,7 @@ async def test_bad_input_is_refused_before_work(rng):
 async def test_an_error_in_the_block_leaves_it_as_itself(rng):
     """Not wrapped in an ExceptionGroup: ``except ShapeError`` around the block works."""
     with pytest.raises(npp.ShapeError):
-        async with npp.open_pipeline(device="emulator") as pipe:
+        async with npp.open_pipeline(device="emulator", host_path=False) as pipe:
             await pipe.matmul(random_int8(rng, (3, 4)), random_int8(rng, (5, 6)))
     assert_no_leaks()
 
@@ -410,6 +410,7 @@ def faulty_pipeline(*faults, **options):
 
     return npp.open_pipeline(
         device="emulator",
+        host_path=False,
         memory_budget=3 * 294_912,
         device_options={
             "faults": [emulator.Fault(kind, run_index=i) for kind, i in faults],
