@@ -26,6 +26,7 @@ from npu_pipeline.reference import Rounding, Saturation
 from npu_pipeline.timeline import Span, Timeline, TimelineSummary
 
 __version__ = "0.1.0"
+"""The package version (PEP 440), the same string as ``version`` in pyproject.toml."""
 
 __all__ = [
     "Batch",

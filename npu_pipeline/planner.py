@@ -796,7 +796,9 @@ def plan_batches(
     """Plan ``C[M x N] = A[M x K] @ B[K x N]``: block shape, slots, batch order, estimate.
 
     Args:
-        M, K, N: problem dimensions (>= 1; K at most ``reference.MAX_EXACT_K``).
+        M: rows of A and C (>= 1).
+        K: columns of A, rows of B (>= 1, at most ``reference.MAX_EXACT_K``).
+        N: columns of B and C (>= 1).
         kernel: contract name or path, or a :class:`KernelContract`.
         profile: profile name (``"npu1"``, ``"npu2"``, ``"cpu"``, ``"npu1 slowed x20"``)
             or a :class:`DeviceProfile`.

@@ -199,7 +199,8 @@ def dequantize_matmul(c_int32: np.ndarray, a_scale: object, b_scale: object) -> 
     Args:
         c_int32: the (M, N) integer product ``qa @ qb`` (int32 from the
             pipeline; any integer dtype is accepted).
-        a_scale, b_scale: scales as above.
+        a_scale: the scale of A, as above.
+        b_scale: the scale of B, as above.
 
     Raises:
         DTypeError: ``c_int32`` is not an integer array.
