@@ -1,6 +1,6 @@
 """Plan every matmul of the Whisper-base encoder and print the predicted (MODELLED) table.
 
-Shapes from NPU_FACTS.md ("Whisper-base encoder"): d_model 512, 8 heads of
+Shapes from docs/hardware-facts.md#whisper-base-encoder-shapes: d_model 512, 8 heads of
 64, FFN 2048, 1500 frames, 6 layers. For each matmul the table shows the plan
 the planner picks for the gemm_i8_i32 kernel, and what the seed's way (the
 16x16 tile kernel, one call at a time from Python) would take for the same

@@ -1,6 +1,7 @@
 """The matmuls of one Whisper-base encoder layer, quantised to int8, through one pipeline.
 
-Shapes from NPU_FACTS.md: d_model 512, 8 heads of 64, FFN 2048, 1500 frames.
+Shapes from docs/hardware-facts.md#whisper-base-encoder-shapes: d_model 512, 8 heads of 64,
+FFN 2048, 1500 frames.
 Float32 activations and weights are quantised with ``quantize_symmetric``
 (activations one scale per tensor, weights one scale per output column), every
 matmul runs on the device from its own task, all at once, and each int32

@@ -25,11 +25,12 @@ import numpy as np
 from npu_pipeline.errors import ContractError, explain
 from npu_pipeline.reference import Rounding, Saturation
 
-#: Data memory of one AIE-ML compute tile, bytes (NPU_FACTS.md, "Hardware").
+#: Data memory of one AIE-ML compute tile, bytes
+#: (docs/hardware-facts.md#on-chip-memory-and-shim-dma-limits).
 CORE_DATA_MEMORY_BYTES = 64 * 1024
 
-#: Shim DMA descriptor limits (NPU_FACTS.md, "Hardware"): the two innermost
-#: sizes are at most 1023, the outer repeat at most 64.
+#: Shim DMA descriptor limits: the two innermost sizes are at most 1023, the
+#: outer repeat at most 64 (docs/hardware-facts.md#on-chip-memory-and-shim-dma-limits).
 SHIM_MAX_INNER = 1023
 SHIM_MAX_REPEAT = 64
 
@@ -92,7 +93,8 @@ class TargetSpec:
         """Data memory the core tile needs with double buffering, bytes.
 
         ``2 * (m*k + k*n) * in_itemsize + 2 * m*n * acc_itemsize``
-        (NPU_FACTS.md: about 48 KB at m=k=n=64 for i8 in, i32 out).
+        (about 48 KB at m=k=n=64 for i8 in, i32 out;
+        docs/hardware-facts.md#on-chip-memory-and-shim-dma-limits).
         """
         m, k, n = self.core_tile
         return 2 * (m * k + k * n) * in_itemsize + 2 * m * n * acc_itemsize
@@ -127,7 +129,8 @@ class KernelContract:
         instr_file: file name pattern of the instruction stream; ``{m}``,
             ``{k}``, ``{n}`` are replaced by the block shape.
         instr_count_unit: unit of the instruction-count argument
-            (``"words"`` or ``"bytes"``; NPU_FACTS.md says this is unsettled).
+            (``"words"`` or ``"bytes"``; which one the firmware expects is unsettled,
+            docs/hardware-facts.md#kernel-arguments).
         arguments: the run's argument order, e.g.
             ``("opcode", "instr", "n_insts", "a", "b", "c")``.
         buffers: the data buffers, in argument order.
@@ -232,7 +235,7 @@ def shim_dma_problem(
     of ``rows x cols`` elements moves as core-tile-sized pieces, with a 4-D
     descriptor ``[rows/tile_rows (repeat), cols/tile_cols, tile_rows,
     tile_cols in 32-bit words]``. The two innermost sizes must be <= 1023 and
-    the repeat <= 64 (NPU_FACTS.md, "Hardware").
+    the repeat <= 64 (docs/hardware-facts.md#on-chip-memory-and-shim-dma-limits).
     """
     m, k, n = block
     cm, ck, cn = core_tile
@@ -426,7 +429,7 @@ def _check_consistency(contract: KernelContract, where: str) -> None:
                 "Fix the group_id fields.",
             )
         )
-    # XRT takes at most 5 data BOs in one run (NPU_FACTS.md).
+    # A run takes at most 5 data BOs (docs/hardware-facts.md#kernel-arguments).
     if len(contract.buffers) > 5 or sum(b.role == "output" for b in contract.buffers) != 1:
         raise ContractError(
             explain(

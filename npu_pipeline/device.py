@@ -1,7 +1,8 @@
 """NpuDevice: the only library code that calls pyxrt (real XRT, or the emulated NPU).
 
 One :class:`NpuDevice` opens the device, the xclbin, the hardware context and
-the kernel once (doing it per call costs about 95 ms, NPU_FACTS.md) and then
+the kernel once (doing it per call costs about 95 ms,
+docs/hardware-facts.md#setup-and-dispatch-costs) and then
 serves batches:
 
 - :meth:`NpuDevice.allocate_slot` makes a :class:`Slot`: one ``host_only`` BO
@@ -59,7 +60,8 @@ from npu_pipeline.errors import (
 #: ``device=`` choices of :meth:`NpuDevice.open`.
 BACKENDS = ("auto", "emulator", "xrt")
 
-#: One wait slice, ms: pyxrt holds the GIL inside ``run.wait`` (NPU_FACTS.md).
+#: One wait slice, ms: pyxrt holds the GIL inside ``run.wait``
+#: (docs/hardware-facts.md#the-pyxrt-binding).
 WAIT_SLICE_MS = 2
 
 #: The amdxdna driver's limit of commands in flight per hardware context.
@@ -69,12 +71,14 @@ MAX_RUNS_IN_FLIGHT = 4
 DEFAULT_WATCHDOG_S = 2.0
 
 #: Most runs one ``runlist`` chains into one command (XRT's runlist submits
-#: chains of at most 24 runs, ``runlist_impl::submit_size``; NPU_FACTS.md).
+#: chains of at most 24 runs, ``runlist_impl::submit_size``;
+#: docs/hardware-facts.md#runlists).
 RUNLIST_MAX = 24
 
 #: Device time one chain of runs may take, seconds. A command costs the host
 #: a submission and a completion whatever its length: 45-80 us on hardware
-#: (NPU_FACTS.md), about 150 us on the emulator here (two thread hand-offs;
+#: (docs/hardware-facts.md#setup-and-dispatch-costs), about 150 us on the
+#: emulator here (two thread hand-offs;
 #: docs/benchmarks.md). 4 ms keeps that under 4% of the device time; a
 #: longer chain only delays cancellation and failure reports and eats into
 #: the watchdog's margin (2 s).

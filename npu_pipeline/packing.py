@@ -1,6 +1,6 @@
 """Host-side data movement: numba kernels that pack, unpack, accumulate and requantise.
 
-These run in the pipeline's pack and accumulate stages (``DESIGN.md``), from
+These run in the pipeline's pack and accumulate stages (``docs/architecture.md``), from
 several worker threads at once. Four rules shape them (``docs/packing.md``):
 
 - ``nogil=True``: a kernel releases the GIL for its whole run, so packing batch

@@ -131,7 +131,7 @@ class Estimate:
         busy_s: total time per stage, keys ``pack``, ``execute``, ``accumulate``.
         serial_s: ``sum(busy_s)``, the wall time with nothing overlapped.
         overlap_efficiency: ``(T_ser - T_wall) / (T_ser - T_max)`` as defined in
-            DESIGN.md (:func:`npu_pipeline.timeline.overlap_efficiency`); 1.0
+            docs/timeline.md#the-numbers (:func:`npu_pipeline.timeline.overlap_efficiency`); 1.0
             when at most one stage does any work.
         bubbles_s: time the device sits idle between its first run's start
             and its last run's end.

@@ -12,7 +12,8 @@ packing and accumulation rates). Three ship with the library:
   set ``NPU_PIPELINE_CALIBRATION=off`` to use the documented defaults.
 
 No NPU timing here is measured on hardware by this project: every device time
-is *modelled* from public figures in ``NPU_FACTS.md`` (cited by line) or is an
+is *modelled* from public figures (each source names its origin and the section of
+``docs/hardware-facts.md`` or ``docs/why.md`` that records it) or is an
 assumption, and :meth:`DeviceProfile.parameters` says which for every number.
 ``docs/cost-model.md`` explains the model.
 
@@ -35,28 +36,29 @@ from dataclasses import dataclass
 from npu_pipeline.contract import KernelContract
 from npu_pipeline.errors import PlanError, explain
 
-#: Where profile numbers come from (``docs/cost-model.md`` repeats this).
-FACTS = "NPU_FACTS.md"
-SEED = "seed/000_374a5cf65a0d4e52.txt"
-
 # ---------------------------------------------------------------------------
 # Public figures the model is built from (each cited where it is used).
 
-#: Per-run dispatch of an empty kernel on Strix/Krackan, upper end (NPU_FACTS.md:83).
+#: Per-run dispatch of an empty kernel on Strix/Krackan, upper end
+#: (docs/hardware-facts.md#setup-and-dispatch-costs).
 _NPU2_DISPATCH_S = 80e-6
-#: Public int8 GEMM throughput on npu2 (NPU_FACTS.md:39): (block, ops/s). 7-8 TOPS
+#: Public int8 GEMM throughput on npu2 (amd/IRON issues 171, 172;
+#: docs/hardware-facts.md#peak-and-measured-throughput): (block, ops/s). 7-8 TOPS
 #: at 2048^3 is taken as its midpoint.
 _NPU2_MEASURED = (((1024, 512, 1024), 3.2e12), ((2048, 2048, 2048), 7.5e12))
-#: Marketing peak int8 ops/s (NPU_FACTS.md:38): Phoenix 10 TOPS, npu2 about 50 TOPS.
+#: Marketing peak int8 ops/s (docs/hardware-facts.md#peak-and-measured-throughput):
+#: Phoenix 10 TOPS, npu2 about 50 TOPS.
 _NPU1_PEAK, _NPU2_PEAK = 10e12, 50e12
-#: Compute cores (NPU_FACTS.md:36) and shim-DMA columns used by the designs.
+#: Compute cores and shim-DMA columns used by the designs
+#: (docs/hardware-facts.md#array-geometry).
 _NPU1_CORES, _NPU2_CORES = 16, 32
 _NPU1_COLUMNS, _NPU2_COLUMNS = 4, 8
 #: What one kernel() call cost from Python on Phoenix in the seed's batched
-#: wrapper, syncs and a trivial tile kernel included (NPU_FACTS.md:14-16, 85).
+#: wrapper, syncs and a trivial tile kernel included
+#: (docs/why.md#what-the-seeds-authors-found-later).
 _NPU1_PYTHON_CALL_S = 0.33e-3
 #: The seed's measured cost of one per-tile call, all host work included
-#: (seed lines 29 and 33; NPU_FACTS.md:10-12).
+#: (docs/why.md#the-seeds-measurements).
 _SEED_CALL_S = 0.46e-3
 #: Default RLIMIT_MEMLOCK on Linux >= 5.16 (8 MiB; this host: ``ulimit -l`` = 8192 KB).
 _TYPICAL_MEMLOCK = 8 * 1024 * 1024
@@ -66,7 +68,8 @@ def _fit_npu2() -> tuple[float, float]:
     """(DMA bytes/s, array int8 ops/s) that make the run model reproduce both npu2 figures.
 
     Solves ``t = dispatch + bytes / bw + ops / rate`` for ``1/bw`` and
-    ``1/rate`` from the two public measurements (NPU_FACTS.md:39), with
+    ``1/rate`` from the two public measurements
+    (docs/hardware-facts.md#peak-and-measured-throughput), with
     ``t = ops / measured_ops_per_s`` and bytes = i8 A + i8 B + i32 C.
     A derived fit, not a measurement: about 31 GB/s and 12.2 TOPS.
     """
@@ -141,8 +144,8 @@ class DeviceProfile:
             :func:`npu_pipeline.exact.host_matmul`): the planner's host path.
         host_call_s: fixed host seconds of one such product (casts, call).
         device_time_scale: multiplies every device time (1 unless slowed).
-        sources: ``(parameter, source)`` pairs: NPU_FACTS.md line, derivation,
-            measurement or "assumption".
+        sources: ``(parameter, source)`` pairs: the public origin and the docs
+            section that records it, derivation, measurement or "assumption".
     """
 
     name: str
@@ -285,18 +288,27 @@ _SLOWED = re.compile(r" slowed x[0-9.eE+-]+$")
 
 _BUDGET_SOURCE = (
     "assumption: half of the default RLIMIT_MEMLOCK of Linux >= 5.16 (8 MiB), leaving room "
-    "for instruction BOs and other pinned users; BO memory counts against ulimit -l "
-    f"({FACTS}:53-57)"
+    "for instruction BOs and other pinned users; NPU BOs are pinned host memory that counts "
+    "against ulimit -l (amdxdna driver; docs/hardware-facts.md#buffer-objects)"
 )
 _COMMON_SOURCES = (
-    ("runs_in_flight", f"{FACTS}:66-67 (at most 4 commands in flight per hardware context)"),
-    ("watchdog_s", f"{FACTS}:68-70 (driver resets the device after about 2 s without completion)"),
+    (
+        "runs_in_flight",
+        "at most 4 commands in flight per hardware context (amdxdna driver, aie2_pci.h; "
+        "docs/hardware-facts.md#commands-in-flight)",
+    ),
+    (
+        "watchdog_s",
+        "the amdxdna driver resets the device after about 2 s without a completion "
+        "(timeout_in_sec; docs/hardware-facts.md#the-watchdog)",
+    ),
     ("memory_budget_bytes", _BUDGET_SOURCE),
     ("device_time_scale", "1 = not slowed"),
 )
 _SEED_HOST_SOURCE = (
-    f"derived: the seed's 0.46 ms per call ({SEED}:29) minus the 0.33 ms of the kernel() "
-    f"call itself ({FACTS}:14-16)"
+    "derived: the seed authors' measured 0.46 ms per call (docs/why.md#the-seeds-measurements) "
+    "minus the 0.33 ms of the kernel() call itself "
+    "(docs/why.md#what-the-seeds-authors-found-later)"
 )
 _HANDOFF_SOURCE = "assumption: anyio worker-thread hand-off, about 50 us"
 _HOST_PRODUCT_SOURCES = (
@@ -315,8 +327,9 @@ _HOST_SOURCES = (
     ("seed_call_host_s", _SEED_HOST_SOURCE),
 )
 _NPU2_FIT = (
-    f"derived: fitted so that dispatch + bytes/DMA + ops/rate reproduces both npu2 GEMM "
-    f"figures of {FACTS}:39 (3.2 TOPS at 1024x512x1024, 7.5 TOPS at 2048^3)"
+    "derived: fitted so that dispatch + bytes/DMA + ops/rate reproduces both public npu2 GEMM "
+    "figures (3.2 TOPS at 1024x512x1024, 7.5 TOPS at 2048^3; amd/IRON issues 171, 172; "
+    "docs/hardware-facts.md#peak-and-measured-throughput)"
 )
 
 _HOST_DEFAULTS = {
@@ -345,12 +358,16 @@ NPU1 = DeviceProfile(
     sources=(
         *_COMMON_SOURCES,
         *_HOST_SOURCES,
-        ("compute_cores", f"{FACTS}:36 (4 x 4 compute cores)"),
+        (
+            "compute_cores",
+            "4 x 4 compute cores (mlir-aie device model; docs/hardware-facts.md#array-geometry)",
+        ),
         (
             "dispatch_s",
-            f"{FACTS}:14-16 and 85: a kernel() call from Python on Phoenix cost about 0.33 ms "
-            "(submit, syncs and a trivial tile kernel included); chained or pipelined runs "
-            f"may cost less ({FACTS}:84), not modelled",
+            "a kernel() call from Python on Phoenix cost about 0.33 ms (submit, syncs and a "
+            "trivial tile kernel included), as the seed's authors measured it "
+            "(docs/why.md#what-the-seeds-authors-found-later); chained or pipelined runs "
+            "may cost less (docs/hardware-facts.md#setup-and-dispatch-costs), not modelled",
         ),
         (
             "dma_bytes_per_s",
@@ -359,7 +376,8 @@ NPU1 = DeviceProfile(
         (
             "core_ops_per_s[gemm_i8_i32]",
             "derived: the npu2 fit per core times the per-core peak ratio (10/16)/(50/32) "
-            f"({FACTS}:36-38); assumption: same fraction of peak as npu2",
+            "(docs/hardware-facts.md#peak-and-measured-throughput); assumption: same fraction "
+            "of peak as npu2",
         ),
         (
             "core_ops_per_s[tile16_legacy]",
@@ -380,10 +398,14 @@ NPU2 = dataclasses.replace(
     sources=(
         *_COMMON_SOURCES,
         *_HOST_SOURCES,
-        ("compute_cores", f"{FACTS}:36 (8 x 4 compute cores)"),
+        (
+            "compute_cores",
+            "8 x 4 compute cores (mlir-aie device model; docs/hardware-facts.md#array-geometry)",
+        ),
         (
             "dispatch_s",
-            f"{FACTS}:83: 45-80 us for an empty kernel on Strix/Krackan, upper end",
+            "45-80 us for an empty kernel on Strix/Krackan in public reports, upper end "
+            "(mlir-aie issue 2381; docs/hardware-facts.md#setup-and-dispatch-costs)",
         ),
         ("dma_bytes_per_s", _NPU2_FIT),
         ("core_ops_per_s[gemm_i8_i32]", _NPU2_FIT + ", divided by 32 cores"),

@@ -7,7 +7,7 @@ arithmetic throughout, no tiling tricks.
 - :func:`matmul_exact`: int8 x int8 -> exact int32; :func:`matmul_exact_blas`,
   the same values fast, for checking large results.
 - :func:`srs`: AIE shift-round-saturate, int32 -> int8, with every rounding
-  and saturation mode named (see ``NPU_FACTS.md``, "Rounding").
+  and saturation mode named (see ``docs/hardware-facts.md#rounding-and-saturation``).
 - :func:`tile16_kernel` and :func:`seed_wrapper_matmul`: what the seed's
   per-tile kernel computed, and what its Python wrapper made of it by summing
   already-clipped int8 partials over K.

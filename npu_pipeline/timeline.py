@@ -4,7 +4,7 @@ The pipeline records one :class:`Span` each time a stage works on a batch:
 ``pack`` (host fills a slot), ``execute`` (the NPU runs it), ``accumulate``
 (host reads the slot and adds the partial product into C). A
 :class:`Timeline` collects them from worker threads and the event loop alike,
-and turns them into the overlap metrics defined in ``DESIGN.md``:
+and turns them into the overlap metrics defined in ``docs/timeline.md#the-numbers``:
 
 - busy time per stage, ``P``, ``X``, ``Q`` (:meth:`Timeline.busy_s`): the
   length of the *union* of that stage's spans. Several worker threads may

@@ -96,7 +96,8 @@ def test_bad_field_is_named(path, value, match):
 
 
 def test_core_memory_rule_matches_npu_facts():
-    # NPU_FACTS.md: about 48 KB at m=k=n=64 for i8 in, i32 out, double buffered.
+    # About 48 KB at m=k=n=64 for i8 in, i32 out, double buffered
+    # (docs/hardware-facts.md#on-chip-memory-and-shim-dma-limits).
     spec = load_contract("gemm_i8_i32").target("npu1")
     assert spec.core_memory_bytes(1, 4) == 48 * 1024
     assert spec.core_memory_bytes(1, 4) <= CORE_DATA_MEMORY_BYTES

@@ -187,7 +187,8 @@ LARGE_K = st.sampled_from([1021, 2053, 4093, 4096])
 def gemm_cases(draw):
     m, n = draw(SMALL_DIMS), draw(SMALL_DIMS)
     k = draw(st.one_of(SMALL_DIMS, st.integers(66, 300), LARGE_K))
-    micro = draw(st.sampled_from([(4, 8, 8), (8, 8, 8)]))  # npu1, npu2 (NPU_FACTS.md)
+    # npu1, npu2 (docs/hardware-facts.md#array-geometry)
+    micro = draw(st.sampled_from([(4, 8, 8), (8, 8, 8)]))
     r, s, t = micro
     # Blocks on the micro-tile grid, at most 8 x 16 x 8 blocks so the test stays fast.
     bm = draw(st.sampled_from([b for b in (r, 16, 64, 128) if b * 8 >= m]))

@@ -444,7 +444,8 @@ def test_seed_calibration():
     assert legacy.n_runs == 32 * 32 * 32
     assert legacy.estimate.sequential_s == pytest.approx(15.11, rel=0.10)
     # Pipelining the host work around the same per-tile calls barely helps,
-    # as the seed's later "batched" wrapper found (15.0 s -> 11.5 s, NPU_FACTS.md:14).
+    # as the seed's later "batched" wrapper found (15.0 s -> 11.5 s,
+    # docs/why.md#what-the-seeds-authors-found-later).
     assert 9.0 < legacy.estimate.wall_s < 12.0
     gemm = plan_batches(512, 512, 512, kernel="gemm_i8_i32", profile="npu1")
     assert gemm.n_runs == 1

@@ -62,8 +62,8 @@ def test_every_number_has_a_source():
             assert any(
                 word in source
                 for word in (
-                    "NPU_FACTS.md",
-                    "seed/",
+                    "docs/hardware-facts.md#",
+                    "docs/why.md#",
                     "derived",
                     "assumption",
                     "default",
@@ -76,7 +76,8 @@ def test_every_number_has_a_source():
 
 
 def test_npu2_model_reproduces_the_public_gemm_figures():
-    # NPU_FACTS.md:39: 3.2 TOPS at 1024x512x1024, 7-8 TOPS at 2048^3.
+    # docs/hardware-facts.md#peak-and-measured-throughput: 3.2 TOPS at 1024x512x1024,
+    # 7-8 TOPS at 2048^3.
     for block, tops in (((1024, 512, 1024), 3.2), ((2048, 2048, 2048), 7.5)):
         ops = 2 * np.prod(block)
         assert ops / NPU2.run_seconds(GEMM, block) / 1e12 == pytest.approx(tops, rel=1e-6)
@@ -84,7 +85,8 @@ def test_npu2_model_reproduces_the_public_gemm_figures():
 
 def test_tile16_on_npu1_reproduces_the_seed_call():
     run = NPU1.run_seconds(TILE16, (16, 16, 16))
-    assert run == pytest.approx(0.33e-3, rel=0.01)  # the kernel() call (NPU_FACTS.md:14-16)
+    # The kernel() call, docs/why.md#what-the-seeds-authors-found-later.
+    assert run == pytest.approx(0.33e-3, rel=0.01)
     assert run + NPU1.seed_call_host_s == pytest.approx(0.46e-3, rel=0.01)  # the seed's call
 
 

@@ -57,7 +57,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Facts the geometry rests on (NPU_FACTS.md, "Hardware"; kernel.json "targets").
+# Facts the geometry rests on (docs/hardware-facts.md#array-geometry and
+# docs/hardware-facts.md#on-chip-memory-and-shim-dma-limits; kernel.json "targets").
 ROWS = 4  # compute rows per column on both generations
 COLUMNS = {"npu1": 4, "npu2": 8}
 MICRO_TILE = {"npu1": (4, 8, 8), "npu2": (8, 8, 8)}  # aie::mmul int8 (r, s, t)
@@ -246,7 +247,10 @@ class Transfer:
     tensor_elems: int = field(default=0)
 
     def problems(self) -> list[str]:
-        """Reasons the shim DMA cannot run this transfer (NPU_FACTS.md limits)."""
+        """Reasons the shim DMA cannot run this transfer.
+
+        The limits: docs/hardware-facts.md#on-chip-memory-and-shim-dma-limits.
+        """
         out = []
         where = f"{self.operand} transfer at offset {self.offset}"
         inner_bytes = self.sizes[3] * self.itemsize

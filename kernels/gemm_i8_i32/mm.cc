@@ -13,8 +13,8 @@
 //   The seed project's kernel narrowed every 16x16 partial product to int8
 //   (clamp((A_t @ B_t) >> 7)) and its host summed those clipped partials over
 //   K. Shift-truncation and saturation then compound once K exceeds one tile,
-//   so the result is not (A @ B) >> 7 (NPU_FACTS.md, "What went wrong
-//   before"). Here nothing is narrowed on the NPU: partial sums stay int32
+//   so the result is not (A @ B) >> 7 (docs/why.md#the-seeds-measurements).
+//   Here nothing is narrowed on the NPU: partial sums stay int32
 //   (exact while K < 2^31 / 2^14 = 131072, far above the contract's 4096),
 //   leave the array as int32, and the host applies one shift-round-saturate
 //   to the finished sum, with the rounding mode it names.

@@ -16,7 +16,7 @@ from npu_pipeline.benchmarks import Goal, Row, Section, median_seconds
 SOURCE_SHAPE = (1600, 2100)
 BLOCK = (1536, 2048)
 ORIGIN = (37, 29)  # where the block starts inside the source: not aligned to anything
-MICRO_TILE = (4, 8)  # npu1's A micro-tile (r, s), NPU_FACTS.md
+MICRO_TILE = (4, 8)  # npu1's A micro-tile (r, s), docs/hardware-facts.md#array-geometry
 
 
 def _gbps(nbytes: int, seconds: float) -> float:

@@ -283,7 +283,7 @@ async def _seed_baseline(quick: bool, rows: list[Row], goals: list[Goal]) -> Non
             f"{size}^3 on the NPU, seed's measurement",
             15110.0 if size == 512 else float("nan"),
             "ms",
-            "seed/000_374a5cf65a0d4e52.txt (NPU, not this machine)",
+            "the seed's authors, on an NPU (docs/why.md#the-seeds-measurements)",
         ),
     ]
 

@@ -8,7 +8,8 @@ Every root BO owns two byte arrays of its size:
 ``sync(TO_DEVICE)`` copies a range host -> device and ``sync(FROM_DEVICE)``
 device -> host; nothing else moves bytes between them. So a missing sync
 gives stale bytes in either direction, deterministically, where hardware
-(whose sync is a cache flush over shared memory, NPU_FACTS.md) gives
+(whose sync is a cache flush over shared memory,
+docs/hardware-facts.md#buffer-objects) gives
 *possibly* stale bytes. Sub-buffers are windows on their root's two arrays.
 
 Runs in flight register the byte ranges they read and write (:class:`Use`).
@@ -30,7 +31,8 @@ from npu_pipeline.emulator._enums import BOFlags, xclBOSyncDirection
 from npu_pipeline.emulator._state import DeviceState
 from npu_pipeline.errors import BufferHazardError, DriverRuleError, explain
 
-#: Flags the amdxdna driver accepts (NPU_FACTS.md, "Host buffers and runs").
+#: Flags NPU host code uses for BOs, the only ones the emulator accepts
+#: (docs/hardware-facts.md#buffer-objects).
 ACCEPTED_FLAGS = (BOFlags.host_only, BOFlags.cacheable)
 
 # One lock for the in-flight bookkeeping of every BO: claims are short and rare.

@@ -1,7 +1,8 @@
 """pyxrt's enumerations, with the numeric values real XRT uses.
 
 Values of ``ert_cmd_state``, ``bo.flags`` and ``xclBOSyncDirection`` are the
-ones in NPU_FACTS.md ("Host buffers and runs"), which match XRT's
+ones in docs/hardware-facts.md#run-states-and-waits and
+docs/hardware-facts.md#buffer-objects, from XRT's
 ``ert.h``/``xrt_bo.h``. ``xrt_info_device`` lists the members of pyxrt's stub
 (``src/python/pybind11/pyxrt.pyi``) in its order; the stub gives no numbers,
 so host code must use the names, never the values.

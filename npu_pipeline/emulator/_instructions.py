@@ -1,7 +1,8 @@
 """The emulated instruction stream: the block shape travels in insts.bin, as on hardware.
 
 On the NPU, the GEMM shape is compiled into the instruction stream the host
-loads into the instruction BO (NPU_FACTS.md, "Hardware"). The emulator keeps
+loads into the instruction BO (docs/hardware-facts.md#one-kernel-build-serves-one-block-shape).
+The emulator keeps
 that contract: a run learns its block shape only by reading the instruction
 BO's *device copy*, so a missing ``sync(TO_DEVICE)`` of the instructions
 fails as it would on hardware.
@@ -95,8 +96,8 @@ def instructions(
 def instruction_count(contract: KernelContract, n_words: int) -> int:
     """The ``n_insts`` kernel argument for a stream of ``n_words`` words.
 
-    In the contract's unit (NPU_FACTS.md: words in the C++ examples, bytes in
-    one newer Python runtime).
+    In the contract's unit (words in the C++ examples, bytes in one newer Python
+    runtime: docs/hardware-facts.md#kernel-arguments).
     """
     return n_words if contract.instr_count_unit == "words" else 4 * n_words
 

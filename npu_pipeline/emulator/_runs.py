@@ -48,7 +48,7 @@ from npu_pipeline.errors import (
     explain,
 )
 
-#: Runs one runlist chains into one command (NPU_FACTS.md: up to 24).
+#: Runs one runlist chains into one command (up to 24, docs/hardware-facts.md#runlists).
 RUNLIST_MAX = 24
 
 NEW = ert_cmd_state.ERT_CMD_STATE_NEW
