@@ -199,6 +199,7 @@ def test_apply_replaces_only_the_measured_rates():
     assert (profile.pack_bytes_per_s, profile.accumulate_bytes_per_s) == (1e9, 2e9)
     assert profile.core_rate(GEMM) == 3e9 and profile.core_rate(TILE16) == 3e9
     assert profile.dispatch_s == 4e-4
+    assert profile.host_ops_per_s == 3e9  # the host path multiplies with the same BLAS
     assert (
         dataclasses.replace(
             profile,
@@ -206,6 +207,7 @@ def test_apply_replaces_only_the_measured_rates():
             accumulate_bytes_per_s=CPU.accumulate_bytes_per_s,
             dispatch_s=CPU.dispatch_s,
             core_ops_per_s=CPU.core_ops_per_s,
+            host_ops_per_s=CPU.host_ops_per_s,
             sources=CPU.sources,
         )
         == CPU
@@ -216,6 +218,7 @@ def test_with_host_rates_keeps_the_device_model():
     measured = calibration.Calibration(1e9, 2e9, 3e9, 4e-4, "host", 0.0, 0.1)
     profile = calibration.with_host_rates(NPU1, measured)
     assert (profile.pack_bytes_per_s, profile.accumulate_bytes_per_s) == (1e9, 2e9)
+    assert profile.host_ops_per_s == 3e9
     assert profile.core_ops_per_s == NPU1.core_ops_per_s
     assert profile.dispatch_s == NPU1.dispatch_s
     assert "measured on this host" in profile.source("pack_bytes_per_s")
