@@ -7,7 +7,9 @@ from npu_pipeline import cli
 
 def test_run_verifies_the_result_and_reports_the_overlap(capsys, tmp_path):
     trace = tmp_path / "trace.json"
-    assert cli.main(["run", "600", "300", "300", "--device", "emulator", "--trace", str(trace)]) == 0
+    assert (
+        cli.main(["run", "600", "300", "300", "--device", "emulator", "--trace", str(trace)]) == 0
+    )
     out = capsys.readouterr().out
     assert "result exact (equals A @ B in int64): True" in out
     assert "overlap report" in out and "predicted vs measured" in out

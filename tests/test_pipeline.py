@@ -21,7 +21,9 @@ AWKWARD = st.sampled_from([1, 2, 3, 5, 7, 13, 17, 31, 63, 65, 127, 129, 257])
 def small_budget_pipeline(**kwargs):
     """A pipeline whose memory budget forces many batches even for small shapes."""
     # The smallest gemm_i8_i32 slot on npu1 is 256x64 + 64x256 int8 + 256x256 int32.
-    return npp.open_pipeline(device="emulator", host_path=False, memory_budget=3 * 294_912, **kwargs)
+    return npp.open_pipeline(
+        device="emulator", host_path=False, memory_budget=3 * 294_912, **kwargs
+    )
 
 
 async def test_exact_int32_many_batches(rng):
@@ -107,7 +109,9 @@ async def test_views_as_inputs(rng):
 async def test_legacy_contract_reproduces_the_seed_semantic(rng):
     a = random_int8(rng, (40, 70))
     b = random_int8(rng, (70, 24))
-    async with npp.open_pipeline(device="emulator", host_path=False, kernel="tile16_legacy") as pipe:
+    async with npp.open_pipeline(
+        device="emulator", host_path=False, kernel="tile16_legacy"
+    ) as pipe:
         c = await pipe.matmul(a, b, out_dtype=np.int8)
         with pytest.raises(npp.DTypeError, match="int8"):
             await pipe.matmul(a, b)
@@ -186,7 +190,9 @@ async def test_fault_in_a_shared_submission_fails_only_its_request(rng, kind):
 
     inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
     options = {"faults": [Fault(FaultKind[kind], run_index=1)], "watchdog_s": 0.2}
-    async with npp.open_pipeline(device="emulator", host_path=False, device_options=options) as pipe:
+    async with npp.open_pipeline(
+        device="emulator", host_path=False, device_options=options
+    ) as pipe:
         outcomes = await concurrent_requests(pipe, inputs)
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
         spans = pipe.timeline.spans
@@ -208,7 +214,9 @@ async def test_lost_device_fails_every_request_of_a_shared_submission(rng):
 
     inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
     options = {"faults": [Fault(FaultKind.DEVICE_LOST, run_index=1)]}
-    async with npp.open_pipeline(device="emulator", host_path=False, device_options=options) as pipe:
+    async with npp.open_pipeline(
+        device="emulator", host_path=False, device_options=options
+    ) as pipe:
         outcomes = await concurrent_requests(pipe, inputs)
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
     assert all(isinstance(outcome, npp.DeviceError) for outcome in outcomes[1:])
@@ -221,7 +229,9 @@ async def test_cancelling_a_request_of_a_shared_submission_leaves_the_others_exa
     inputs = [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(9)]
     victim_out = np.full((40, 20), 7, dtype=np.int32)
     # Timed: each run lasts the cpu model's time, long enough to cancel in.
-    async with npp.open_pipeline(device="emulator", host_path=False, profile="cpu", timed=True) as pipe:
+    async with npp.open_pipeline(
+        device="emulator", host_path=False, profile="cpu", timed=True
+    ) as pipe:
         victim_scope = anyio.CancelScope()
 
         async def victim():
