@@ -76,6 +76,12 @@ BATCHES_PER_BUDGET = 2
 #: it, throughput wins and the plan says that it does not fit.
 LATENCY_COST_TOLERANCE = 0.05
 
+#: Longest exact product the host path takes on, seconds (and never longer
+#: than the latency budget). It runs in one piece on a host core: a longer
+#: one would take that core from the pipeline's own host stages, and from
+#: the caller's other work, for long enough to show.
+HOST_PATH_MAX_S = 0.002
+
 #: Relative tolerance under which two simulated wall times count as equal.
 _TIE = 1e-9
 
@@ -813,7 +819,7 @@ def plan_batches(
             :data:`LATENCY_COST_TOLERANCE` of wall time.
         host_path: allow the plan to choose an exact product on the host when
             the cost model says the device path is slower and the product
-            is no longer than the latency budget.
+            takes at most the latency budget and :data:`HOST_PATH_MAX_S`.
 
     Returns:
         The plan with the lowest simulated wall time (ties: less memory),
@@ -935,11 +941,11 @@ def _path(
         reason = f"the host path is turned off (an exact host product would take {host})"
     elif host_s >= device_s:
         reason = f"the device path ({device}) beats an exact host product ({host})"
-    elif host_s > latency_budget_s:
+    elif host_s > min(latency_budget_s, HOST_PATH_MAX_S):
+        cap = _seconds(min(latency_budget_s, HOST_PATH_MAX_S))
         reason = (
             f"an exact host product ({host}) would beat the device path ({device}), but it "
-            f"would hold a host core longer than the latency budget "
-            f"({_seconds(latency_budget_s)}), in one piece"
+            f"would hold a host core for longer than {cap} in one piece"
         )
     else:
         reason = (
