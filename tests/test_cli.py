@@ -50,11 +50,6 @@ def test_bad_input_is_an_error_message_not_a_traceback(capsys):
     assert err.startswith("npu-pipeline: ShapeError:") and "expected" in err
 
 
-def test_unknown_profile_is_refused_with_the_choices(capsys):
-    assert cli.main(["plan", "64", "64", "64", "--profile", "npu9"]) == 2
-    assert "npu1" in capsys.readouterr().err
-
-
 def test_bench_writes_its_table_as_json(tmp_path):
     path = tmp_path / "bench.json"
     assert cli.main(["bench", "packing", "--quick", "--json", str(path)]) == 0

@@ -27,24 +27,27 @@ async def test_open_pipeline_and_the_planner_refuse_bad_slots_alike(slots):
     with pytest.raises(npp.PlanError) as opened:
         async with npp.open_pipeline(device="emulator", profile="npu1", slots=slots):
             pass
-    assert message(opened) == message(planned)
-    assert f"slots={slots}" in message(planned)
-    assert "an integer 1..4" in message(planned) and "Pass slots between 1 and 4" in message(
-        planned
-    )
+    text = message(planned)
+    assert message(opened) == text and f"slots={slots}" in text
+    assert "an integer 1..4" in text and "Pass slots between 1 and 4" in text
 
 
 # ---------------------------------------------------------------------------
 # device_options: names checked before the device opens
 
 
-@pytest.mark.anyio
-async def test_an_unknown_device_option_is_named_with_the_accepted_ones():
+async def refused_options(device: str, options: dict) -> str:
+    """The OptionError message ``open_pipeline`` gives for these ``device_options``."""
     with pytest.raises(npp.OptionError) as raised:
-        async with npp.open_pipeline(device="emulator", device_options={"fualts": []}):
+        async with npp.open_pipeline(device=device, device_options=options):
             pass
     assert isinstance(raised.value, TypeError)
-    text = message(raised)
+    return message(raised)
+
+
+@pytest.mark.anyio
+async def test_an_unknown_device_option_is_named_with_the_accepted_ones():
+    text = await refused_options("emulator", {"fualts": []})
     assert "['fualts']" in text
     for accepted in ("faults", "watchdog_s", "runs_in_flight", "runlists", "index"):
         assert f"'{accepted}'" in text
@@ -52,17 +55,12 @@ async def test_an_unknown_device_option_is_named_with_the_accepted_ones():
 
 @pytest.mark.anyio
 async def test_open_pipelines_own_arguments_are_not_device_options():
-    with pytest.raises(npp.OptionError, match=r"\['timed'\]"):
-        async with npp.open_pipeline(device="emulator", device_options={"timed": True}):
-            pass
+    assert "['timed']" in await refused_options("emulator", {"timed": True})
 
 
 @pytest.mark.anyio
 async def test_emulator_options_are_refused_for_real_xrt_before_it_is_looked_for():
-    with pytest.raises(npp.OptionError) as raised:
-        async with npp.open_pipeline(device="xrt", device_options={"faults": []}):
-            pass
-    text = message(raised)
+    text = await refused_options("xrt", {"faults": []})
     assert "['faults']" in text and "device='xrt'" in text
     assert "'runlists'" in text and "'watchdog_s'" not in text
 
