@@ -12,11 +12,13 @@ from npu_pipeline.errors import (
     DriverRuleError,
     DTypeError,
     NpuPipelineError,
+    OptionError,
     PipelineClosedError,
     PlanError,
     QuantizationError,
     ShapeError,
     TimelineError,
+    UsageError,
 )
 from npu_pipeline.pipeline import Pipeline, open_pipeline
 from npu_pipeline.planner import Batch, Estimate, Plan, plan_batches
@@ -39,6 +41,7 @@ __all__ = [
     "Estimate",
     "KernelContract",
     "NpuPipelineError",
+    "OptionError",
     "Pipeline",
     "PipelineClosedError",
     "Plan",
@@ -52,6 +55,7 @@ __all__ = [
     "Timeline",
     "TimelineError",
     "TimelineSummary",
+    "UsageError",
     "__version__",
     "available_contracts",
     "dequantize",

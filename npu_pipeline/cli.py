@@ -1,7 +1,12 @@
-"""The ``npu-pipeline`` command: plan | run | bench | demo.
+"""The ``npu-pipeline`` command (also ``python -m npu_pipeline``): plan | run | bench | demo.
 
 Every sub-command runs on the emulated NPU unless ``--device xrt`` is given,
 and every figure the emulator's timing model produces is labelled *modelled*.
+
+Exit status: 0 done; 1 a result was not exact, ``bench --check`` found a goal
+not met, or the reader of stdout closed it early (``| head``); 2 a misuse or
+an error, told in one line on stderr (bad arguments are refused before any
+work runs); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import anyio
@@ -42,14 +49,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     sections = BENCH_SECTIONS if args.section == "all" else (args.section,)
     results = []
     for name in sections:
-        module = importlib.import_module(f"npu_pipeline.benchmarks.{name}")
-        section = module.run(quick=args.quick)
+        # A full run is silent for seconds per section: say what runs, on stderr
+        # so that stdout stays the table.
+        print(f"bench: running {name} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        section = importlib.import_module(f"npu_pipeline.benchmarks.{name}").run(quick=args.quick)
+        elapsed = time.perf_counter() - start
+        print(f"bench: {name} took {elapsed:.1f} s", file=sys.stderr, flush=True)
         print(section.format(), end="\n\n", flush=True)
-        results.append(section.to_dict())
+        results.append(section)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps([s.to_dict() for s in results], indent=2))
         print(f"wrote {args.json}")
-    return 0
+    unmet = [goal.name for section in results for goal in section.unmet]
+    if not unmet:
+        return 0
+    verdict = "failing (--check)" if args.check else "reported only; --check fails on them"
+    print(f"bench: {len(unmet)} goal(s) NOT MET, {verdict}: {'; '.join(unmet)}", file=sys.stderr)
+    return 1 if args.check else 0
 
 
 async def _run_matmul(args: argparse.Namespace) -> int:
@@ -77,12 +94,10 @@ async def _run_matmul(args: argparse.Namespace) -> int:
         # The first call pays one-off costs (slot BOs allocated and first
         # touched, BLAS threads started, the result's pages faulted in):
         # measure the second, into the same result buffer, like a server would.
-        # The seed's kernel returns clipped int8 tiles: its result is int8.
-        dtype = np.int8 if pipe.contract.semantic == "tile_pair" else np.int32
-        c = await pipe.matmul(a, b, out_dtype=dtype)
+        c = await pipe.matmul(a, b)  # in the contract's output dtype
         c.fill(0)  # so that the check below sees only what the second call wrote
         pipe.timeline.clear()
-        await pipe.matmul(a, b, out_dtype=dtype, out=c)
+        await pipe.matmul(a, b, out=c)
         timeline = pipe.timeline
         print(
             "measured: the second of two identical calls, into the first one's result "
@@ -118,6 +133,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _cmd_run(args)
 
 
+def _check_before_work(args: argparse.Namespace) -> None:
+    """Refuse, before any work runs, the arguments that would only fail after it.
+
+    Raises:
+        UsageError: an output path that cannot be written, or ``--plot``
+            without matplotlib.
+        PlanError: an unknown ``--profile`` or a bad ``--slowdown`` factor.
+    """
+    from npu_pipeline.errors import UsageError, explain
+    from npu_pipeline.profiles import get_profile
+
+    for option in ("json", "trace", "plot"):
+        path = getattr(args, option, None)
+        if isinstance(path, str):  # plan's --json is a flag: it prints to stdout
+            _check_writable(f"--{option}", Path(path))
+    if getattr(args, "plot", None):
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                explain(
+                    "--plot needs matplotlib, which is not installed",
+                    "matplotlib, from the package's [plot] extra",
+                    'Install it (pip install "npu-pipeline[plot]"), or leave --plot out.',
+                )
+            ) from None
+    if args.command in ("run", "demo"):
+        profile = get_profile(args.profile) if args.profile is not None else None
+        if args.slowdown is not None:
+            # The same call the run makes, so that 0, negative, nan and inf are
+            # refused by the profile's own check instead of being ignored.
+            (profile or get_profile("npu1")).slowed(args.slowdown)
+
+
+def _check_writable(option: str, path: Path) -> None:
+    from npu_pipeline.errors import UsageError, explain
+
+    parent = path.parent
+    if path.is_dir():
+        problem, fix = "is a directory", "Pass a file name, e.g. inside that directory."
+    elif not parent.is_dir():
+        problem = f"is in {parent}, which does not exist"
+        fix = f"Create the directory first (mkdir -p {parent}), or pass another path."
+    elif not os.access(path if path.exists() else parent, os.W_OK):
+        problem, fix = "cannot be written (no permission)", "Pass a path you can write to."
+    else:
+        return
+    raise UsageError(
+        explain(f"{option} {path} {problem}", "a writable file path", fix + " Nothing was run.")
+    )
+
+
 def _add_shape(parser: argparse.ArgumentParser) -> None:
     for name in ("M", "K", "N"):
         parser.add_argument(name, type=int, help=f"matrix dimension {name} (>= 1)")
@@ -133,7 +200,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="emulator only: time runs by the profile's NPU model slowed by this factor "
-        "(MODELLED timings; e.g. 20 with --profile npu1)",
+        "(> 0; MODELLED timings; e.g. 20 with --profile npu1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed for A and B")
     parser.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace here")
@@ -143,10 +210,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``npu-pipeline`` (exposed for tests and docs)."""
+    from npu_pipeline import __version__
+
     parser = argparse.ArgumentParser(
         prog="npu-pipeline",
         description="Pipelined INT8 matmul for AMD Ryzen AI NPUs (emulated by default).",
     )
+    parser.add_argument("--version", action="version", version=f"npu-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     plan = sub.add_parser("plan", help="dry-run the planner and print the batch plan")
@@ -162,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("section", nargs="?", default="all", choices=("all", *BENCH_SECTIONS))
     bench.add_argument("--json", default=None, help="write the results to this JSON file")
     bench.add_argument("--quick", action="store_true", help="fewer repeats and smaller shapes")
+    bench.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if any goal is NOT MET (without it bench only reports: the goals are "
+        "ratios measured on a shared, noisy machine)",
+    )
     bench.set_defaults(func=_cmd_bench)
 
     run = sub.add_parser("run", help="one random int8 matmul, verified, with its overlap report")
@@ -183,10 +259,23 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        _check_before_work(args)
+        status = args.func(args)
+        # A reader that closed the pipe early shows here, where it can be
+        # caught, rather than in the flush at interpreter exit.
+        sys.stdout.flush()
+        return status
     except NpuPipelineError as error:
         print(f"npu-pipeline: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # As the Python docs advise (signal module, "Note on SIGPIPE"): point
+        # stdout at devnull, so the flush at exit cannot raise again, and stop.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

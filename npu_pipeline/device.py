@@ -35,6 +35,7 @@ pyxrt's documented API and the mlir-aie host code only (docs/device.md).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import threading
 import time
@@ -53,6 +54,7 @@ from npu_pipeline.errors import (
     ContractError,
     DeviceError,
     DriverRuleError,
+    OptionError,
     ShapeError,
     explain,
 )
@@ -479,6 +481,42 @@ def _generation(name: str, profile: Any) -> str:
     )
 
 
+def check_device_options(options: Mapping[str, Any], device: str = "auto") -> None:
+    """Refuse option names that :meth:`NpuDevice.open` on ``device`` does not accept.
+
+    Accepted on every backend: the keyword arguments of ``NpuDevice.open``
+    other than ``contract``, ``device``, ``profile`` and ``timed`` (arguments
+    of their own, in ``open_pipeline`` too); unless ``device="xrt"``, also the emulated
+    device's (``generation``, ``watchdog_s``, ``faults``, ...). Both lists are
+    read from the signatures, so they cannot drift from what the calls take.
+
+    Raises:
+        OptionError: an unknown name; the message lists the accepted ones.
+    """
+    own = {"contract", "device", "profile", "timed"}
+    accepted = _keywords(NpuDevice.open) - own
+    if device != "xrt":
+        accepted |= _keywords(emulator.device)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise OptionError(
+            explain(
+                f"unknown device option(s) {unknown} for device={device!r}",
+                f"option names among {sorted(accepted)}",
+                "Check the spelling; the kernel, device, profile and timed are arguments "
+                "of their own.",
+            )
+        )
+
+
+def _keywords(function: Callable[..., Any]) -> set[str]:
+    return {
+        p.name
+        for p in inspect.signature(function).parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    }
+
+
 class NpuDevice:
     """One NPU (or emulated NPU) with one kernel loaded. Thread-safe; a context manager.
 
@@ -570,6 +608,7 @@ class NpuDevice:
                     "Drop them, or pass device='emulator'.",
                 )
             )
+        check_device_options(emulator_options, backend.name)
         if timed and profile is None:
             raise DeviceError(
                 explain("timed=True without a profile", "a profile", "Pass profile=...")

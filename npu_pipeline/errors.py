@@ -42,6 +42,21 @@ class PlanError(NpuPipelineError, ValueError):
     """No batch plan satisfies the constraints (memory budget, block limits, watchdog)."""
 
 
+class OptionError(NpuPipelineError, TypeError):
+    """A keyword option is not one the callee accepts (an unknown ``device_options`` key).
+
+    A ``TypeError``, as Python raises for an unexpected keyword argument.
+    """
+
+
+class UsageError(NpuPipelineError, ValueError):
+    """A command-line argument of ``npu-pipeline`` cannot be used as given.
+
+    For example an output path that cannot be written, or ``--plot`` without
+    matplotlib installed; refused before any work runs.
+    """
+
+
 class DeviceError(NpuPipelineError, RuntimeError):
     """A run on the device did not complete, or the device could not be used.
 

@@ -12,10 +12,15 @@ the inputs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from npu_pipeline.errors import DTypeError, ShapeError, explain
 from npu_pipeline.reference import MAX_EXACT_K
+
+if TYPE_CHECKING:
+    from npu_pipeline.contract import KernelContract
 
 OUT_DTYPES = (np.dtype(np.int32), np.dtype(np.int8))
 
@@ -123,8 +128,16 @@ def check_out(out: object, shape: tuple[int, int], dtype: np.dtype, *inputs: np.
         )
 
 
-def check_out_dtype(out_dtype: object) -> np.dtype:
-    """Return ``out_dtype`` as a numpy dtype if it is int32 or int8, or raise DTypeError."""
+def check_out_dtype(out_dtype: object, contract: KernelContract | None = None) -> np.dtype:
+    """Return ``out_dtype`` as a numpy dtype if it is int32 or int8, or raise DTypeError.
+
+    With a ``contract``, ``None`` means the contract's own output dtype (int32
+    for ``block_gemm`` kernels, int8 for ``tile_pair`` ones), and a dtype the
+    contract cannot produce is refused: a ``tile_pair`` kernel returns clipped
+    int8 tiles, never an exact int32 product.
+    """
+    if out_dtype is None and contract is not None:
+        return np.dtype(contract.output.dtype)
     try:
         dtype = np.dtype(out_dtype)  # type: ignore[call-overload]
     except TypeError:
@@ -135,6 +148,15 @@ def check_out_dtype(out_dtype: object) -> np.dtype:
                 f"out_dtype is {out_dtype!r}",
                 "np.int32 (exact product) or np.int8 (requantised with shift and rounding)",
                 "Pass one of those.",
+            )
+        )
+    if contract is not None and contract.semantic == "tile_pair" and dtype != np.int8:
+        raise DTypeError(
+            explain(
+                f"out_dtype {dtype} with the {contract.name!r} contract",
+                "np.int8: that kernel returns clipped int8 tiles, never an exact product",
+                "Pass out_dtype=np.int8 (or leave it out), or use the gemm_i8_i32 kernel "
+                "for exact int32.",
             )
         )
     return dtype

@@ -44,7 +44,7 @@ import numpy as np
 
 from npu_pipeline import packing
 from npu_pipeline.contract import KernelContract, load_contract
-from npu_pipeline.device import CHAIN_BUDGET_S, NpuDevice, Slot
+from npu_pipeline.device import CHAIN_BUDGET_S, NpuDevice, Slot, check_device_options
 from npu_pipeline.errors import (
     DeviceError,
     DTypeError,
@@ -60,6 +60,7 @@ from npu_pipeline.planner import (
     Batch,
     Plan,
     check_latency_budget,
+    check_slots,
     plan_batches,
 )
 from npu_pipeline.profiles import DeviceProfile, get_profile
@@ -341,9 +342,12 @@ class Pipeline:
         """``matmul()`` calls not yet finished."""
         return len(self._requests)
 
-    def plan(self, m: int, k: int, n: int, out_dtype: Any = np.int32) -> Plan:
-        """The plan ``matmul`` executes for an (m x k) @ (k x n) product (cached per shape)."""
-        dtype = check_out_dtype(out_dtype)
+    def plan(self, m: int, k: int, n: int, out_dtype: Any = None) -> Plan:
+        """The plan ``matmul`` executes for an (m x k) @ (k x n) product (cached per shape).
+
+        ``out_dtype`` as in :meth:`matmul` (``None``: the contract's output).
+        """
+        dtype = check_out_dtype(out_dtype, self.contract)
         key = (m, k, n, dtype.name)
         if key not in self._plans:
             self._plans[key] = plan_batches(
@@ -365,7 +369,7 @@ class Pipeline:
         a: np.ndarray,
         b: np.ndarray,
         *,
-        out_dtype: Any = np.int32,
+        out_dtype: Any = None,
         shift: int = 0,
         rounding: Rounding | str | None = None,
         saturation: Saturation | str = Saturation.SATURATE,
@@ -377,11 +381,14 @@ class Pipeline:
             a: int8 matrix (M, K); views are read in place, never copied.
             b: int8 matrix (K, N).
             out_dtype: ``np.int32`` for the exact product, or ``np.int8`` for
-                the product requantised once, with shift-round-saturate.
+                the product requantised once, with shift-round-saturate;
+                ``None`` (the default) means the contract's output: int32 for
+                ``block_gemm`` kernels, int8 for ``tile_pair`` ones (which
+                cannot produce int32).
             shift: right shift in bits (0..31) before rounding; int8 output only.
             rounding: rounding mode for int8 output; default the contract's
                 (``floor``, the AIE power-on default, which is what ``>>`` does).
-            saturation: saturation mode for int8 output.
+            saturation: saturation mode for int8 output (only the default with int32).
             out: optional preallocated (M, N) array of ``out_dtype``.
 
         Returns:
@@ -394,7 +401,7 @@ class Pipeline:
         """
         self._check_open()
         a, b, (m, k, n) = check_operands(a, b)
-        dtype = check_out_dtype(out_dtype)
+        dtype = check_out_dtype(out_dtype, self.contract)
         requant = self._requantisation(dtype, shift, rounding, saturation)
         if out is None:
             out = np.empty((m, n), dtype=dtype)
@@ -472,14 +479,6 @@ class Pipeline:
         self, dtype: np.dtype, shift: Any, rounding: Any, saturation: Any
     ) -> Requantisation | None:
         if self.contract.semantic == "tile_pair":
-            if dtype != np.int8:
-                raise DTypeError(
-                    explain(
-                        f"out_dtype {dtype} with the {self.contract.name!r} contract",
-                        "np.int8: that kernel returns clipped int8 tiles, never an exact product",
-                        "Pass out_dtype=np.int8, or use the gemm_i8_i32 kernel for exact int32.",
-                    )
-                )
             # The seed's semantic: clipped per-tile int8 outputs summed, the sum clipped.
             return Requantisation(0, Rounding.FLOOR, Saturation.SATURATE)
         if dtype == np.int32:
@@ -489,6 +488,15 @@ class Pipeline:
                         f"shift={shift} with out_dtype int32",
                         "shift=0: the int32 result is the exact product",
                         "Pass out_dtype=np.int8 to requantise.",
+                    )
+                )
+            if rounding is not None or saturation != Saturation.SATURATE:
+                raise ShapeError(
+                    explain(
+                        f"rounding={rounding!r}, saturation={saturation!r} with out_dtype int32",
+                        "no rounding and the default saturation: the int32 result is the "
+                        "exact product, never rounded or clipped",
+                        "Pass out_dtype=np.int8 to requantise, or leave both out.",
                     )
                 )
             return None
@@ -896,12 +904,18 @@ async def open_pipeline(
         timed: emulator only: runs complete no earlier than the profile's
             modelled time, so NPU-like proportions can be studied (modelled).
         device_options: extra keyword arguments for :meth:`NpuDevice.open`
-            (for example emulator fault injection).
+            (for example emulator fault injection); unknown names are refused
+            before the device opens (``device.check_device_options``).
 
     Yields:
         The open :class:`Pipeline`.
+
+    Raises:
+        OptionError: a ``device_options`` name the device does not accept.
+        PlanError: ``slots`` outside 1..the profile's runs in flight.
     """
     contract = kernel if isinstance(kernel, KernelContract) else load_contract(kernel)
+    check_device_options(device_options or {}, device)
     npu = await anyio.to_thread.run_sync(
         lambda: NpuDevice.open(
             contract,
@@ -917,15 +931,7 @@ async def open_pipeline(
             if isinstance(profile, DeviceProfile)
             else get_profile(profile or npu.info.default_profile)
         )
-        count = slots if slots is not None else default_slots(chosen)
-        if not 1 <= count <= chosen.runs_in_flight:
-            raise ShapeError(
-                explain(
-                    f"slots={count}",
-                    f"1..{chosen.runs_in_flight} (the runs a hardware context keeps in flight)",
-                    "Pass a smaller slots value.",
-                )
-            )
+        count = default_slots(chosen) if slots is None else check_slots(slots, chosen)
         budget = memory_budget if memory_budget is not None else chosen.memory_budget_bytes
         latency = check_latency_budget(latency_budget_s)
         pipe = Pipeline(npu, contract, chosen, count, budget, latency, bool(host_path))

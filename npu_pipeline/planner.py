@@ -624,23 +624,33 @@ def _check_shape(m: Any, k: Any, n: Any) -> tuple[int, int, int]:
     return shape[0], shape[1], shape[2]
 
 
-def _slot_choices(slots: Any, profile: DeviceProfile) -> list[int]:
-    if slots is None:
-        return list(range(1, profile.runs_in_flight + 1))
-    if (
-        isinstance(slots, bool)
-        or not isinstance(slots, int | np.integer)
-        or not (1 <= slots <= profile.runs_in_flight)
-    ):
+def check_slots(slots: Any, profile: DeviceProfile) -> int:
+    """Return ``slots`` as an int if it is a BO slot count ``profile`` can use, or raise.
+
+    A slot holds one batch's buffers while its runs are in flight, so the
+    count is at most the runs a hardware context keeps in flight.
+
+    Raises:
+        PlanError: not an integer in ``1..profile.runs_in_flight``.
+    """
+    most = profile.runs_in_flight
+    if isinstance(slots, bool) or not isinstance(slots, int | np.integer) or not 1 <= slots <= most:
         raise PlanError(
             explain(
                 f"slots={slots!r}",
-                f"an integer 1..{profile.runs_in_flight} (runs in flight on {profile.name}), "
-                "or None to choose",
-                "Pass a slot count in range, or leave it out.",
+                f"an integer 1..{most} (the runs a hardware context keeps in flight on "
+                f"{profile.name}), or None to choose",
+                f"Pass slots between 1 and {most} (CLI: --slots 1 to --slots {most}), "
+                "or leave it out.",
             )
         )
-    return [int(slots)]
+    return int(slots)
+
+
+def _slot_choices(slots: Any, profile: DeviceProfile) -> list[int]:
+    if slots is None:
+        return list(range(1, profile.runs_in_flight + 1))
+    return [check_slots(slots, profile)]
 
 
 def _check_budget(budget: Any) -> int:
@@ -745,14 +755,31 @@ def _infeasible(
     fewest = slot_counts[0]
     need = min((c for p, c in problems if p is None), key=lambda c: (c.slot_bytes, c.block))
     minimum = fewest * need.slot_bytes
+    fix = f"Pass memory_budget={minimum} (CLI: --budget {minimum}) or more, and raise ulimit -l"
+    fix += " to match" + (", or fewer slots" if fewest > 1 else "")
+    # Blocks that fit the budget but need too many batches: the batch cap binds,
+    # and the budget only decides which blocks are left to break it. (Smaller
+    # blocks run shorter, so the watchdog never binds inside a budget alone.)
+    within = [c for p, c in problems if p == "batches" and fewest * c.slot_bytes <= budget]
+    if not within:
+        return PlanError(
+            explain(
+                f"no block fits the pinned-memory budget of {budget} bytes with "
+                f"{fewest} slot(s) on {profile.name}",
+                f"a budget of at least {minimum} bytes ({fewest} slot(s) of block "
+                f"{_shape(need.block)})",
+                fix + ".",
+            )
+        )
+    least = min(c.n_batches for c in within)
     return PlanError(
         explain(
-            f"no block fits the pinned-memory budget of {budget} bytes with "
-            f"{fewest} slot(s) on {profile.name}",
-            f"a budget of at least {minimum} bytes ({fewest} slot(s) of block "
-            f"{_shape(need.block)})",
-            f"Pass memory_budget={minimum} (CLI: --budget {minimum}) or more, and raise "
-            "ulimit -l to match" + (", or fewer slots." if fewest > 1 else "."),
+            f"every legal block that fits the pinned-memory budget of {budget} bytes with "
+            f"{fewest} slot(s) on {profile.name} needs more than {MAX_BATCHES} batches "
+            f"(at least {least})",
+            f"at most {MAX_BATCHES} batches per plan (block {_shape(need.block)} needs fewer, "
+            f"in {minimum} bytes)",
+            fix + ", or split the product (e.g. by rows of A) and plan each part.",
         )
     )
 
@@ -795,7 +822,7 @@ def plan_batches(
     profile: str | DeviceProfile = "npu1",
     slots: int | None = None,
     memory_budget: int | None = None,
-    out_dtype: Any = np.int32,
+    out_dtype: Any = None,
     latency_budget_s: float | None = None,
     host_path: bool = True,
 ) -> Plan:
@@ -811,7 +838,9 @@ def plan_batches(
         slots: BO slots to use (1..runs in flight); ``None`` picks the best.
         memory_budget: pinned bytes all slots together may use; ``None`` uses
             the profile's ``memory_budget_bytes``.
-        out_dtype: ``np.int32`` (exact) or ``np.int8`` (requantised at the end).
+        out_dtype: ``np.int32`` (exact) or ``np.int8`` (requantised at the end);
+            ``None`` means the contract's output (int32 for ``block_gemm``
+            kernels, int8 for ``tile_pair`` ones).
         latency_budget_s: device seconds of this request's work that another
             request may find queued ahead of it; ``None`` for
             :data:`DEFAULT_LATENCY_BUDGET_S`, ``math.inf`` for no bound. The
@@ -827,14 +856,15 @@ def plan_batches(
 
     Raises:
         ShapeError: a dimension < 1 or not an integer, or K too large for int32.
-        DTypeError: ``out_dtype`` is not int32 or int8.
+        DTypeError: ``out_dtype`` is not int32 or int8, or is one the kernel
+            cannot produce (int32 from a ``tile_pair`` kernel).
         ContractError: the kernel is unknown or has no build for the profile's generation.
         PlanError: unknown profile, bad slots or budget, or no plan meets the
             limits; the message names the limit and the smallest change that works.
     """
     shape = _check_shape(M, K, N)
-    dtype = check_out_dtype(out_dtype)
     contract = kernel if isinstance(kernel, KernelContract) else load_contract(kernel)
+    dtype = check_out_dtype(out_dtype, contract)
     prof = get_profile(profile)
     slot_counts = _slot_choices(slots, prof)
     budget = _check_budget(prof.memory_budget_bytes if memory_budget is None else memory_budget)

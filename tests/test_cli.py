@@ -1,8 +1,19 @@
 """The ``npu-pipeline`` command, run in-process: its output states the facts it claims."""
 
+import importlib.metadata
 import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
 
+import pytest
+
+import npu_pipeline as npu_pipeline_package
 from npu_pipeline import cli
+from npu_pipeline.benchmarks import Goal, Row, Section
 
 
 def test_run_verifies_the_result_and_reports_the_overlap(capsys, tmp_path):
@@ -41,14 +52,163 @@ def test_bad_input_is_an_error_message_not_a_traceback(capsys):
     assert err.startswith("npu-pipeline: ShapeError:") and "expected" in err
 
 
-def test_unknown_profile_is_refused_with_the_choices(capsys):
-    assert cli.main(["plan", "64", "64", "64", "--profile", "npu9"]) == 2
-    assert "npu1" in capsys.readouterr().err
-
-
 def test_bench_writes_its_table_as_json(tmp_path):
     path = tmp_path / "bench.json"
     assert cli.main(["bench", "packing", "--quick", "--json", str(path)]) == 0
     (result,) = json.loads(path.read_text())
     assert result["rows"] and result["goals"]
     assert all(isinstance(row["value"], float) for row in result["rows"])
+
+
+# ---------------------------------------------------------------------------
+# What a new user ran into (issue 11): each misuse exits 2 with one line on
+# stderr, before any work runs; never a traceback.
+
+
+def user_env() -> dict[str, str]:
+    """The environment a user has: without the suite's calibration switch."""
+    return {k: v for k, v in os.environ.items() if k != "NPU_PIPELINE_CALIBRATION"}
+
+
+def npu_pipeline(*args: str, prelude: str | None = None, cwd: Path | None = None):
+    """``python -m npu_pipeline ARGS`` in a fresh interpreter, or, with a
+    ``prelude``, the same ``main`` called after that Python code has run."""
+    if prelude is None:
+        command = [sys.executable, "-m", "npu_pipeline", *args]
+    else:
+        call = "from npu_pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+        command = [sys.executable, "-c", f"import sys; {prelude}; {call}", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=user_env(), cwd=cwd, timeout=120
+    )
+
+
+def assert_refused(done, *fragments: str) -> None:
+    """Exit 2, nothing on stdout (no work ran), one line on stderr naming the problem."""
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("npu-pipeline: "), done.stderr
+    assert "expected" in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(tmp_path):
+    done = npu_pipeline(
+        "run", "32", "32", "32", "--device", "emulator", "--plot", "g.png",
+        prelude="sys.modules['matplotlib'] = None",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert_refused(done, "UsageError", "matplotlib", 'pip install "npu-pipeline[plot]"')
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("option", ["--json", "--trace", "--plot"])
+@pytest.mark.parametrize("where", ["missing directory", "a directory"])
+def test_unwritable_output_paths_are_refused_before_any_work(tmp_path, option, where):
+    path = tmp_path / "no_such_dir" / "out" if where == "missing directory" else tmp_path
+    command = "bench" if option == "--json" else "run"
+    shape = [] if command == "bench" else ["32", "32", "32", "--device", "emulator"]
+    done = npu_pipeline(command, *shape, option, str(path))
+    expected = "does not exist" if where == "missing directory" else "is a directory"
+    assert_refused(done, "UsageError", option, expected)
+    assert "bench: running" not in done.stderr  # refused before the first section
+
+
+def test_demo_checks_its_trace_path_before_it_prints_the_plan(tmp_path):
+    done = npu_pipeline("demo", "--trace", str(tmp_path / "missing" / "t.json"))
+    assert_refused(done, "--trace", "mkdir -p")
+
+
+def test_a_closed_stdout_ends_quietly():
+    """``npu-pipeline plan ... --json | head -1``: the reader stops early."""
+    command = [sys.executable, "-m", "npu_pipeline", "plan", "8192", "4096", "8192", "--json"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=user_env()
+    )
+    assert process.stdout.readline() == b"{\n"
+    process.stdout.close()  # the JSON (over 600 kB) is far from written: the pipe fills
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1
+    assert err == ""
+
+
+@pytest.mark.parametrize("factor", ["0", "-3", "nan", "inf"])
+def test_a_slowdown_that_is_not_a_positive_number_is_refused(factor):
+    assert_refused(
+        npu_pipeline("run", "32", "32", "32", "--device", "emulator", f"--slowdown={factor}"),
+        "PlanError",
+        "slow-down factor",
+        "positive finite",
+    )
+
+
+@pytest.mark.parametrize("command", [["plan", "64", "64", "64"], ["run", "64", "64", "64"]])
+def test_zero_slots_is_refused_with_the_range(command, capsys):
+    assert cli.main([*command, "--slots", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npu-pipeline: PlanError: slots=0") and "between 1 and 4" in err
+
+
+def test_version_is_the_package_metadata_and_the_module_runs():
+    done = npu_pipeline("--version")
+    assert done.returncode == 0
+    assert done.stdout == f"npu-pipeline {npu_pipeline_package.__version__}\n"
+    assert npu_pipeline_package.__version__ == importlib.metadata.version("npu-pipeline")
+
+
+def fake_section(monkeypatch, name: str, measured: float) -> None:
+    """Stand in for ``npu_pipeline.benchmarks.<name>``: one goal, met or not."""
+    section = Section("fake", [Row("x", 1.0, "us")], [Goal("x <= 2", measured, 2.0, False)])
+    module = types.ModuleType(f"npu_pipeline.benchmarks.{name}")
+    module.run = lambda quick: section
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+
+@pytest.mark.parametrize(
+    ("measured", "check", "status"), [(3.0, True, 1), (3.0, False, 0), (1.0, True, 0)]
+)
+def test_bench_check_fails_on_a_goal_not_met(monkeypatch, capsys, measured, check, status):
+    fake_section(monkeypatch, "pipeline", measured)
+    assert cli.main(["bench", "pipeline", *(["--check"] if check else [])]) == status
+    captured = capsys.readouterr()
+    assert ("NOT MET" in captured.out) is (measured > 2)
+    err = captured.err.splitlines()
+    assert err[0] == "bench: running pipeline ..."
+    assert re.fullmatch(r"bench: pipeline took [0-9.]+ s", err[1])
+    if measured > 2:
+        assert err[2].startswith("bench: 1 goal(s) NOT MET") and "x <= 2" in err[2]
+    else:
+        assert len(err) == 2
+
+
+def test_the_batch_cap_is_named_when_it_binds(capsys):
+    assert cli.main(["plan", "50000", "50000", "50000"]) == 2
+    err = capsys.readouterr().err
+    assert "needs more than 131072 batches" in err
+    assert "no block fits the pinned-memory budget" not in err
+    budget = int(re.search(r"--budget (\d+)", err)[1])
+    assert cli.main(["plan", "50000", "50000", "50000", "--budget", str(budget), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["batches"]) <= 131072
+
+
+def test_keyboard_interrupt_exits_130_quietly():
+    """A real SIGINT, delivered while the command runs."""
+    prelude = (
+        "import os, signal, time, npu_pipeline.cli as cli; "
+        "cli._cmd_plan = lambda args: os.kill(os.getpid(), signal.SIGINT) or time.sleep(30)"
+    )
+    done = npu_pipeline("plan", "64", "64", "64", prelude=prelude)
+    assert (done.returncode, done.stdout, done.stderr) == (130, "", "")
+
+
+@pytest.mark.parametrize(
+    "command", [["plan", "64", "64", "64"], ["run", "64", "64", "64"], ["demo"]]
+)
+def test_an_unknown_profile_is_refused_before_any_work(command, capsys):
+    assert cli.main([*command, "--profile", "npu9"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("npu-pipeline: PlanError: no device profile 'npu9'")
+    assert "npu1" in captured.err

@@ -64,6 +64,11 @@ class Section:
     rows: list[Row]
     goals: list[Goal] = field(default_factory=list)
 
+    @property
+    def unmet(self) -> list[Goal]:
+        """The goals this run does not meet."""
+        return [g for g in self.goals if not g.met]
+
     def to_dict(self) -> dict:
         """JSON-able form, including each goal's verdict."""
         return {
