@@ -57,7 +57,7 @@ from npu_pipeline.operands import check_operands, check_out, check_out_dtype
 from npu_pipeline.planner import Batch, Plan, plan_batches
 from npu_pipeline.profiles import DeviceProfile, get_profile
 from npu_pipeline.reference import Rounding, Saturation
-from npu_pipeline.timeline import Span, Timeline
+from npu_pipeline.timeline import DEFAULT_MAX_SPANS, Span, Timeline
 
 #: How long a cancelled or closing request may wait for its in-flight runs
 #: before giving up, seconds. Runs are planned to take far less than the
@@ -259,7 +259,8 @@ class Pipeline:
         profile: the device profile plans are made for.
         slots: number of BO slots (2 = double buffering).
         memory_budget: pinned host memory all slots together may use, bytes.
-        timeline: every stage of every batch, as spans (see :mod:`npu_pipeline.timeline`).
+        timeline: every stage of every batch, as spans, the newest ``max_spans`` kept
+            (see :mod:`npu_pipeline.timeline`).
     """
 
     def __init__(
@@ -269,12 +270,13 @@ class Pipeline:
         profile: DeviceProfile,
         slots: int,
         memory_budget: int,
+        max_spans: int | None = DEFAULT_MAX_SPANS,
     ) -> None:
         self.contract = contract
         self.profile = profile
         self.slots = slots
         self.memory_budget = memory_budget
-        self.timeline = Timeline()
+        self.timeline = Timeline(max_spans=max_spans)
         # The tile shape of the contract's layout on this NPU generation (r, s, t).
         self._micro_tile = contract.target(profile.generation).micro_tile
         self._device = device
@@ -797,6 +799,7 @@ async def open_pipeline(
     memory_budget: int | None = None,
     timed: bool = False,
     device_options: dict[str, Any] | None = None,
+    max_spans: int | None = DEFAULT_MAX_SPANS,
 ) -> AsyncIterator[Pipeline]:
     """Open a device and serve ``matmul()`` calls through it until the block exits.
 
@@ -812,6 +815,8 @@ async def open_pipeline(
             modelled time, so NPU-like proportions can be studied (modelled).
         device_options: extra keyword arguments for :meth:`NpuDevice.open`
             (for example emulator fault injection).
+        max_spans: spans the pipeline's timeline keeps (older ones are
+            dropped and counted), or ``None`` for all; see :class:`Timeline`.
 
     Yields:
         The open :class:`Pipeline`.
@@ -842,7 +847,7 @@ async def open_pipeline(
                 )
             )
         budget = memory_budget if memory_budget is not None else chosen.memory_budget_bytes
-        pipe = Pipeline(npu, contract, chosen, count, budget)
+        pipe = Pipeline(npu, contract, chosen, count, budget, max_spans)
     except BaseException:
         await anyio.to_thread.run_sync(npu.close)
         raise
