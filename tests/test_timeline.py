@@ -10,9 +10,8 @@ import json
 import sys
 import threading
 
-import pytest
-
 import numpy as np
+import pytest
 
 from npu_pipeline.errors import TimelineError
 from npu_pipeline.timeline import (
@@ -158,7 +157,8 @@ def test_one_batch_has_no_efficiency_and_says_why():
     assert (s.overlap_efficiency, s.overlap_na_reason) == (None, NA_ONE_BATCH)
     assert tl.overlap_efficiency() is None
     eta_line = s.format().splitlines()[-1]
-    assert eta_line == "  overlap efficiency eta = n/a (one batch: its stages run one after another)"
+    assert eta_line == f"  overlap efficiency eta = n/a ({NA_ONE_BATCH})"
+    assert NA_ONE_BATCH == "one batch: its stages run one after another"
 
 
 def test_one_busy_stage_has_no_efficiency_and_says_why():
