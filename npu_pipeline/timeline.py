@@ -66,7 +66,7 @@ from npu_pipeline.errors import TimelineError, explain
 STAGES: tuple[str, ...] = ("pack", "execute", "accumulate")
 
 #: Spans a :class:`Timeline` keeps by default; older ones are dropped and counted.
-#: At about two spans per small request that is the last few thousand requests.
+#: At three spans per batch that is the last 3,333 one-batch requests.
 DEFAULT_MAX_SPANS = 10_000
 
 #: Why eta is undefined: nothing was recorded or predicted.
