@@ -43,18 +43,25 @@ def report(profile: str, budget: int | None) -> str:
         f"{'slots':>6}{'MiB':>7}{'wall ms':>10}{'eta':>6}  {'bound':<11}{'seed way s':>11}",
     ]
     total = seed_total = 0.0
+    undefined: dict[str, str] = {}  # matmul -> why its eta is n/a
     for name, m, k, n, count in MATMULS:
         plan = plan_batches(m, k, n, profile=profile, memory_budget=budget)
         seed = plan_batches(m, k, n, kernel="tile16_legacy", profile=profile, memory_budget=budget)
         est = plan.estimate
         block = "x".join(map(str, plan.block))
+        if est.overlap_efficiency is None:
+            undefined[name] = est.overlap_na_reason or ""
+            eta = f"{'n/a*':>6}"
+        else:
+            eta = f"{est.overlap_efficiency:>6.2f}"
         lines.append(
             f"{name:<18}{f'{m}x{k}x{n}':>16}{count:>8}{block:>16}{len(plan.batches):>8}"
             f"{plan.slots:>6}{plan.memory_bytes / 2**20:>7.2f}{_ms(est.wall_s):>10}"
-            f"{est.overlap_efficiency:>6.2f}  {est.bound:<11}{seed.estimate.sequential_s:>11.1f}"
+            f"{eta}  {est.bound:<11}{seed.estimate.sequential_s:>11.1f}"
         )
         total += LAYERS * count * est.wall_s
         seed_total += LAYERS * count * seed.estimate.sequential_s
+    lines += [f"* eta n/a for {name}: {reason}" for name, reason in undefined.items()]
     lines.append(
         f"encoder ({LAYERS} layers, matmuls one after another): {total * 1e3:.1f} ms planned "
         f"vs {seed_total:.0f} s the seed's way ({seed_total / total:,.0f}x), MODELLED"

@@ -14,13 +14,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
+
+if TYPE_CHECKING:
+    from npu_pipeline.planner import Plan
+    from npu_pipeline.timeline import Comparison
 
 #: ``npu-pipeline bench <section>``: module under npu_pipeline.benchmarks with ``run(quick)``.
 BENCH_SECTIONS = ("packing", "emulator", "pipeline")
@@ -69,25 +76,66 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if args.check else 0
 
 
-async def _run_matmul(args: argparse.Namespace) -> int:
-    from npu_pipeline.pipeline import open_pipeline
-    from npu_pipeline.profiles import get_profile
-    from npu_pipeline.reference import matmul_exact_blas
+#: ``demo``: the npu1 replay's slow-down is this many times the emulator's
+#: modelled run time over npu1's, so that the emulator keeps up although the
+#: host stages share its cores.
+_KEEP_UP_MARGIN = 2.0
+#: ``demo``: an execute stage this many times its modelled time means the
+#: emulator fell behind the model (a machine busier than at calibration).
+_FELL_BEHIND = 1.2
 
-    m, k, n = args.M, args.K, args.N
+
+def _operands(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """Random int8 A (M x K) and B (K x N) from ``--seed``."""
     rng = np.random.default_rng(args.seed)
-    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+    a = rng.integers(-128, 128, size=(args.M, args.K), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(args.K, args.N), dtype=np.int8)
+    return a, b
+
+
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``open_pipeline`` options from ``--device``, ``--profile``, ``--slots``, ``--slowdown``."""
+    from npu_pipeline.profiles import get_profile
+
     profile = args.profile
     if args.slowdown:
         profile = get_profile(profile or "npu1").slowed(args.slowdown)
-    async with open_pipeline(
-        device=args.device,
-        kernel=args.kernel,
-        profile=profile,
-        slots=args.slots,
-        timed=bool(args.slowdown),
-    ) as pipe:
+    return {
+        "device": args.device,
+        "profile": profile,
+        "slots": args.slots,
+        "timed": bool(args.slowdown),
+    }
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """One measured call: its plan, whether its result was exact, and the figures."""
+
+    plan: Plan
+    exact: bool
+    comparison: Comparison
+
+
+async def _measure(
+    a: np.ndarray,
+    b: np.ndarray,
+    kernel: str,
+    trace: str | None,
+    plot: str | None,
+    **options: Any,
+) -> _Measured:
+    """Run ``a @ b`` twice through ``open_pipeline(**options)``; check and report the second call.
+
+    The report covers the second call alone (a timeline window). Figures of a
+    timed emulator (``timed=True``) are the device model's: labelled MODELLED.
+    """
+    from npu_pipeline.pipeline import open_pipeline
+    from npu_pipeline.reference import matmul_exact_blas, seed_wrapper_matmul
+
+    (m, k), n = a.shape, b.shape[1]
+    label = "MODELLED " if options.get("timed") else ""
+    async with open_pipeline(kernel=kernel, **options) as pipe:
         print(f"device: {pipe.device_info}")
         plan = pipe.plan(m, k, n)
         print(plan.explain(), end="\n\n")
@@ -96,41 +144,139 @@ async def _run_matmul(args: argparse.Namespace) -> int:
         # measure the second, into the same result buffer, like a server would.
         c = await pipe.matmul(a, b)  # in the contract's output dtype
         c.fill(0)  # so that the check below sees only what the second call wrote
-        pipe.timeline.clear()
-        await pipe.matmul(a, b, out=c)
-        timeline = pipe.timeline
+        with pipe.timeline.window() as timeline:
+            await pipe.matmul(a, b, out=c)
         print(
             "measured: the second of two identical calls, into the first one's result "
             "(the first warms the slots and the result's memory up)"
         )
     if pipe.contract.semantic == "tile_pair":
-        from npu_pipeline.reference import seed_wrapper_matmul
-
         ok = np.array_equal(c, seed_wrapper_matmul(a, b))
         print(f"result equals the seed wrapper's semantic: {ok}")
     else:
         ok = np.array_equal(c, matmul_exact_blas(a, b))
         print(f"result exact (equals A @ B in int64): {ok}")
-    print(timeline.report())
-    print(timeline.compare_with_prediction(plan.estimate.wall_s, plan.estimate.busy_s).format())
-    if args.trace:
-        print(f"trace written to {timeline.to_chrome_trace(args.trace)} (open in ui.perfetto.dev)")
-    if args.plot:
-        print(f"Gantt chart written to {timeline.plot(args.plot)}")
-    return 0 if ok else 1
+    estimate = plan.estimate
+    comparison = timeline.compare_with_prediction(
+        estimate.wall_s, estimate.busy_s, len(plan.batches)
+    )
+    print(label + timeline.report())
+    if plan.path == "host":
+        measured = timeline.summary().host_s
+        print(
+            f"{label}predicted vs measured, host path: {plan.predicted_s * 1e6:.1f} us "
+            f"predicted, {measured * 1e6:.1f} us measured, measured/predicted "
+            f"{measured / plan.predicted_s:.2f}"
+        )
+    else:
+        print(label + comparison.format())
+    if trace:
+        print(f"trace written to {timeline.to_chrome_trace(trace)} (open in ui.perfetto.dev)")
+    if plot:
+        print(f"Gantt chart written to {timeline.plot(plot)}")
+    return _Measured(plan, ok, comparison)
+
+
+async def _run_matmul(args: argparse.Namespace) -> int:
+    run = await _measure(*_operands(args), args.kernel, args.trace, args.plot, **_run_options(args))
+    return 0 if run.exact else 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     return anyio.run(_run_matmul, args, backend=args.backend)
 
 
+def _keep_up_factor(plan: Plan) -> tuple[int, float]:
+    """The npu1 replay's slow-down, and the emulator-to-npu1 run-time ratio it comes from.
+
+    The calibrated ``cpu`` profile models how long this host's emulator
+    takes for a run (its exact product at the measured rate, its dispatch
+    and copies), ``npu1`` how long the NPU would. A timed run ends no earlier
+    than its modelled time, but no earlier than its real compute either: the
+    model holds only while the slowed npu1 time is the longer one. The factor
+    is the smallest whole number at least :data:`_KEEP_UP_MARGIN` times the
+    largest ratio over the plan's blocks.
+    """
+    from npu_pipeline.contract import load_contract
+    from npu_pipeline.profiles import get_profile
+
+    contract = load_contract(plan.kernel)
+    cpu, npu1 = get_profile("cpu"), get_profile("npu1")
+    ratio = max(
+        cpu.run_seconds(contract, batch.block) / npu1.run_seconds(contract, batch.block)
+        for batch in plan.batches
+    )
+    return max(1, math.ceil(_KEEP_UP_MARGIN * ratio)), ratio
+
+
+def _figures(run: _Measured) -> str:
+    """Wall and eta, measured and predicted, and the check, on one line."""
+    from npu_pipeline.timeline import format_overlap
+
+    cmp = run.comparison
+    measured = format_overlap(cmp.measured_efficiency, cmp.measured_na_reason)
+    predicted = format_overlap(cmp.predicted_efficiency, cmp.predicted_na_reason)
+    return (
+        f"wall {cmp.measured_wall_s * 1e3:.3f} ms measured, "
+        f"{cmp.predicted_wall_s * 1e3:.3f} ms predicted; eta {measured} measured, "
+        f"{predicted} predicted; exact {run.exact}"
+    )
+
+
+async def _demo(args: argparse.Namespace, npu1_plan: Plan) -> int:
+    from npu_pipeline.profiles import get_profile
+
+    a, b = _operands(args)
+    print("2. The same matmul run on the emulated NPU of this machine, verified exactly:\n")
+    here = await _measure(a, b, args.kernel, args.trace, args.plot, **_run_options(args))
+
+    factor, ratio = _keep_up_factor(npu1_plan)
+    print(
+        f"\n3. Step 1's npu1 plan replayed on the emulated NPU, every run held to npu1's "
+        f"modelled time slowed x{factor} (MODELLED device times; pack and accumulate are "
+        f"this host's). x{factor}: the emulator's modelled run takes {ratio:.2f}x npu1's, "
+        f"times a margin of {_KEEP_UP_MARGIN:g} for the host stages sharing its cores, "
+        "rounded up. The result is computed for real and checked exactly.\n"
+    )
+    replay = await _measure(
+        a,
+        b,
+        args.kernel,
+        _tagged(args.trace, "npu1"),
+        _tagged(args.plot, "npu1"),
+        device="emulator",
+        profile=get_profile("npu1").slowed(factor),
+        slots=npu1_plan.slots,
+        memory_budget=npu1_plan.memory_bytes,
+        timed=True,
+    )
+    print(f"the replay ran step 1's batches: {replay.plan.batches == npu1_plan.batches}")
+    behind = replay.comparison.busy_ratio["execute"]
+    if behind > _FELL_BEHIND:
+        print(
+            f"note: execute took {behind:.1f}x its MODELLED time: the emulator fell behind the "
+            "model (this machine is busier than when it was calibrated; "
+            "NPU_PIPELINE_CALIBRATION=refresh measures it again), so the replay's proportions "
+            "are this CPU's, not npu1's"
+        )
+    print("\n4. Both runs, the second call of each:")
+    print(f"  this CPU, profile {here.plan.profile}: {_figures(here)}")
+    print(f"  npu1 replay x{factor}, MODELLED: {_figures(replay)}")
+    return 0 if here.exact and replay.exact else 1
+
+
+def _tagged(path: str | None, tag: str) -> str | None:
+    """``path`` with ``-<tag>`` added to its stem (``t.json`` -> ``t-npu1.json``), or None."""
+    return None if path is None else str(Path(path).with_stem(f"{Path(path).stem}-{tag}"))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from npu_pipeline.planner import plan_batches
 
     print("1. What the planner predicts on a real Phoenix NPU (npu1; MODELLED, not measured):\n")
-    print(plan_batches(args.M, args.K, args.N, profile="npu1").explain(), end="\n\n")
-    print("2. The same matmul run on the emulated NPU of this machine, verified exactly:\n")
-    return _cmd_run(args)
+    npu1_plan = plan_batches(args.M, args.K, args.N, kernel=args.kernel, profile="npu1")
+    print(npu1_plan.explain(), end="\n\n")
+    return anyio.run(_demo, args, npu1_plan, backend=args.backend)
 
 
 def _check_before_work(args: argparse.Namespace) -> None:

@@ -65,7 +65,7 @@ from npu_pipeline.planner import (
 )
 from npu_pipeline.profiles import DeviceProfile, get_profile
 from npu_pipeline.reference import Rounding, Saturation
-from npu_pipeline.timeline import Span, Timeline
+from npu_pipeline.timeline import DEFAULT_MAX_SPANS, Span, Timeline
 
 #: How long a cancelled or closing request may wait for its in-flight runs
 #: before giving up, seconds. Runs are planned to take far less than the
@@ -281,7 +281,8 @@ class Pipeline:
             queue on the device at once (``None`` in :func:`open_pipeline`
             gives the planner's default); a new batch waits behind at most that.
         host_path: plans may send a request to an exact product on the host.
-        timeline: every stage of every batch, as spans (see :mod:`npu_pipeline.timeline`).
+        timeline: every stage of every batch, as spans, the newest ``max_spans`` kept
+            (see :mod:`npu_pipeline.timeline`).
     """
 
     def __init__(
@@ -293,6 +294,7 @@ class Pipeline:
         memory_budget: int,
         latency_budget_s: float,
         host_path: bool = True,
+        max_spans: int | None = DEFAULT_MAX_SPANS,
     ) -> None:
         self.contract = contract
         self.profile = profile
@@ -300,7 +302,7 @@ class Pipeline:
         self.memory_budget = memory_budget
         self.latency_budget_s = latency_budget_s
         self.host_path = host_path
-        self.timeline = Timeline()
+        self.timeline = Timeline(max_spans=max_spans)
         # The tile shape of the contract's layout on this NPU generation (r, s, t).
         self._micro_tile = contract.target(profile.generation).micro_tile
         self._device = device
@@ -575,8 +577,13 @@ class Pipeline:
                 await self._scheduler.wait_for_work()
                 slot = await self._pool.acquire()
                 # The latency budget: pick (round-robin) only once the device has
-                # room, so that a request arriving meanwhile is picked next.
-                while sum(w.device_s for w in self._started) > self._queue_limit_s:
+                # room, so that a request arriving meanwhile is picked next. Two
+                # submissions may always be started, whatever their length: one
+                # running and one queued behind it keep the stages overlapping.
+                while (
+                    len(self._started) >= BATCHES_PER_BUDGET
+                    and sum(w.device_s for w in self._started) > self._queue_limit_s
+                ):
                     self._device_freed = anyio.Event()
                     await self._device_freed.wait()
                 picked = self._scheduler.pick()
@@ -883,6 +890,7 @@ async def open_pipeline(
     host_path: bool = True,
     timed: bool = False,
     device_options: dict[str, Any] | None = None,
+    max_spans: int | None = DEFAULT_MAX_SPANS,
 ) -> AsyncIterator[Pipeline]:
     """Open a device and serve ``matmul()`` calls through it until the block exits.
 
@@ -906,6 +914,8 @@ async def open_pipeline(
         device_options: extra keyword arguments for :meth:`NpuDevice.open`
             (for example emulator fault injection); unknown names are refused
             before the device opens (``device.check_device_options``).
+        max_spans: spans the pipeline's timeline keeps (older ones are
+            dropped and counted), or ``None`` for all; see :class:`Timeline`.
 
     Yields:
         The open :class:`Pipeline`.
@@ -934,7 +944,7 @@ async def open_pipeline(
         count = default_slots(chosen) if slots is None else check_slots(slots, chosen)
         budget = memory_budget if memory_budget is not None else chosen.memory_budget_bytes
         latency = check_latency_budget(latency_budget_s)
-        pipe = Pipeline(npu, contract, chosen, count, budget, latency, bool(host_path))
+        pipe = Pipeline(npu, contract, chosen, count, budget, latency, bool(host_path), max_spans)
     except BaseException:
         await anyio.to_thread.run_sync(npu.close)
         raise

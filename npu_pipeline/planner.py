@@ -43,7 +43,14 @@ from npu_pipeline.errors import PlanError, ShapeError, explain
 from npu_pipeline.operands import check_out_dtype
 from npu_pipeline.profiles import DeviceProfile, get_profile
 from npu_pipeline.reference import MAX_EXACT_K
-from npu_pipeline.timeline import STAGES, Span, Timeline, overlap_efficiency
+from npu_pipeline.timeline import (
+    STAGES,
+    Span,
+    Timeline,
+    format_overlap,
+    overlap_efficiency,
+    overlap_na_reason,
+)
 
 #: A run may take at most ``watchdog_s / WATCHDOG_FRACTION`` modelled seconds.
 #: The watchdog resets the device when no run completes for ~2 s. Runs queued
@@ -137,8 +144,11 @@ class Estimate:
         busy_s: total time per stage, keys ``pack``, ``execute``, ``accumulate``.
         serial_s: ``sum(busy_s)``, the wall time with nothing overlapped.
         overlap_efficiency: ``(T_ser - T_wall) / (T_ser - T_max)`` as defined in
-            docs/timeline.md#the-numbers (:func:`npu_pipeline.timeline.overlap_efficiency`); 1.0
-            when at most one stage does any work.
+            docs/timeline.md#the-numbers
+            (:func:`npu_pipeline.timeline.overlap_efficiency`; the schedule
+            has no idle time), or ``None`` when nothing can overlap: one
+            batch, or at most one stage doing any work.
+        overlap_na_reason: why ``overlap_efficiency`` is ``None``, else ``None``.
         bubbles_s: time the device sits idle between its first run's start
             and its last run's end.
         bound: the stage with the most busy time (the bottleneck).
@@ -150,7 +160,8 @@ class Estimate:
     wall_s: float
     busy_s: dict[str, float]
     serial_s: float
-    overlap_efficiency: float
+    overlap_efficiency: float | None
+    overlap_na_reason: str | None
     bubbles_s: float
     bound: str
     sequential_s: float
@@ -199,7 +210,8 @@ class Schedule:
             wall_s=wall,
             busy_s=busy,
             serial_s=sum(busy.values()),
-            overlap_efficiency=overlap_efficiency(busy, wall),
+            overlap_efficiency=overlap_efficiency(busy, wall, len(self.execute)),
+            overlap_na_reason=overlap_na_reason(busy, len(self.execute)),
             bubbles_s=self.bubbles_s,
             bound=max(STAGES, key=busy.__getitem__),
             sequential_s=sequential_s,
@@ -214,7 +226,7 @@ class Schedule:
             )
             for index, (start, end) in enumerate(per_batch)
         ]
-        return Timeline(spans)
+        return Timeline(spans, max_spans=None)  # a prediction is compared whole
 
 
 def simulate(durations: Sequence[tuple[float, float, float]], slots: int) -> Schedule:
@@ -354,10 +366,11 @@ class Plan:
             busy = est.busy_s[stage]
             util = busy / est.wall_s if est.wall_s else 0.0
             lines.append(f"  {stage:<12}{_seconds(busy):>12}{util:>8.0%}")
+        eta = format_overlap(est.overlap_efficiency, est.overlap_na_reason, 2)
         lines += [
             f"  {'wall':<12}{_seconds(est.wall_s):>12}",
             "",
-            f"  overlap efficiency {est.overlap_efficiency:.2f}; bound by {est.bound}; "
+            f"  overlap efficiency {eta}; bound by {est.bound}; "
             f"device bubbles {_seconds(est.bubbles_s)}",
             f"  all stages in series {_seconds(est.serial_s)}; the seed's per-call loop over "
             f"these runs {_seconds(est.sequential_s)}",

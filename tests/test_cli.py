@@ -212,3 +212,90 @@ def test_an_unknown_profile_is_refused_before_any_work(command, capsys):
     assert captured.out == ""
     assert captured.err.startswith("npu-pipeline: PlanError: no device profile 'npu9'")
     assert "npu1" in captured.err
+
+
+def test_run_reports_a_host_path_call_as_such(capsys):
+    assert cli.main(["run", "64", "64", "64", "--device", "emulator"]) == 0
+    out = capsys.readouterr().out
+    assert "path      host: an exact host product" in out
+    assert "result exact (equals A @ B in int64): True" in out
+    assert "overlap report, window: no pipeline stage ran; 1 request(s) computed exactly" in out
+    assert "predicted vs measured, host path:" in out
+
+
+def test_run_reports_the_measured_call_alone(capsys):
+    from npu_pipeline.planner import plan_batches
+
+    assert cli.main(["run", "600", "300", "300", "--device", "emulator"]) == 0
+    out = capsys.readouterr().out
+    batches = len(plan_batches(600, 300, 300, profile="cpu").batches)
+    # The window holds the second call only: one request, not the warm-up's two.
+    assert f"overlap report, window: {batches} batches in 1 request(s), {3 * batches} spans" in out
+
+
+def test_a_one_batch_plan_reports_n_a_not_zero():
+    from npu_pipeline.planner import plan_batches
+
+    plan = plan_batches(600, 300, 300, profile="cpu", slots=1, latency_budget_s=1.0)
+    assert len(plan.batches) == 1
+    text = plan.explain()
+    assert "overlap efficiency n/a (one batch: its stages run one after another)" in text
+    assert "0.00" not in text.split("overlap efficiency")[1].split(";")[0]
+
+
+def test_demo_keep_up_factor_is_the_smallest_whole_one_above_the_margin():
+    from npu_pipeline.contract import load_contract
+    from npu_pipeline.planner import plan_batches
+    from npu_pipeline.profiles import get_profile
+
+    plan = plan_batches(1500, 512, 2048, profile="npu1")
+    factor, ratio = cli._keep_up_factor(plan)
+    contract = load_contract(plan.kernel)
+    cpu, npu1 = get_profile("cpu"), get_profile("npu1")
+    block = plan.batches[0].block
+    assert ratio == cpu.run_seconds(contract, block) / npu1.run_seconds(contract, block)
+    assert factor - 1 < cli._KEEP_UP_MARGIN * ratio <= factor
+    # Slowed by it, npu1's run lasts the margin longer than the emulator's.
+    slowed = npu1.slowed(factor).run_seconds(contract, block)
+    assert slowed >= cli._KEEP_UP_MARGIN * cpu.run_seconds(contract, block)
+
+
+def test_demo_as_a_user_runs_it():
+    import os
+    import re
+    import subprocess
+    import sys
+
+    # As a user runs it: calibration on (the conftest turns it off for in-process tests).
+    env = {k: v for k, v in os.environ.items() if k != "NPU_PIPELINE_CALIBRATION"}
+    done = subprocess.run(
+        [sys.executable, "-m", "npu_pipeline.cli", "demo"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    step2 = out.split("\n2. ")[1].split("\n3. ")[0]
+    replay = out.split("\n3. ")[1].split("\n4. ")[0]
+    both = out.split("\n4. ")[1]
+    # Both runs computed for real and checked exactly.
+    assert out.count("result exact (equals A @ B in int64): True") == 2
+    assert re.search(r"this CPU, profile cpu: .*; exact True", both)
+    assert re.search(r"npu1 replay x\d+, MODELLED: .*; exact True", both)
+    # The emulator's own run: one batch means n/a with the reason, never 0.000.
+    batches = int(re.search(r"batches \d+x\d+x\d+ \(m x k x n\) = (\d+)", step2)[1])
+    measured = re.search(r"overlap efficiency eta = (.*)", step2)[1]
+    if batches == 1:
+        assert measured == "n/a (one batch: its stages run one after another)"
+    else:
+        assert 0.0 <= float(measured.split()[0]) <= 1.0
+    # The replay: step 1's batches, every run held to npu1 slowed xF, a real eta.
+    factor = int(re.search(r"slowed x(\d+) \(MODELLED device times", replay)[1])
+    assert f"profile   npu1 slowed x{factor}\n" in replay
+    assert "the replay ran step 1's batches: True" in replay
+    assert "MODELLED overlap report, window: 12 batches in 1 request(s), 36 spans" in replay
+    assert "MODELLED predicted vs measured" in replay
+    eta = float(re.search(r"MODELLED overlap report.*?eta = (\d\.\d{3}) ", replay, re.S)[1])
+    assert 0.0 < eta <= 1.0

@@ -23,6 +23,7 @@ from npu_pipeline.planner import (
 )
 from npu_pipeline.profiles import NPU1, get_profile
 from npu_pipeline.reference import MAX_EXACT_K
+from npu_pipeline.timeline import NA_ONE_BATCH, NA_ONE_STAGE
 
 KERNELS = ("gemm_i8_i32", "tile16_legacy")
 PROFILES = ("npu1", "npu2", "cpu")
@@ -371,7 +372,9 @@ def test_more_slots_never_slower_and_eta_in_range(durations):
         schedule = simulate(durations, slots)
         walls.append(schedule.wall_s)
         estimate = schedule.estimate(sequential_s=0.0)
-        assert 0.0 <= estimate.overlap_efficiency <= 1.0
+        eta = estimate.overlap_efficiency
+        assert (eta is None) == (estimate.overlap_na_reason is not None)
+        assert eta is None or 0.0 <= eta <= 1.0
         assert estimate.wall_s >= max(estimate.busy_s.values()) - 1e-12
         assert estimate.bound in ("pack", "execute", "accumulate")
         assert estimate.bubbles_s >= 0.0
@@ -403,8 +406,12 @@ def test_simulator_worked_example_and_efficiency():
     assert e.busy_s == {"pack": 3.0, "execute": 6.0, "accumulate": 3.0}
     assert e.bound == "execute" and e.bubbles_s == 0.0
     assert e.overlap_efficiency == pytest.approx((12 - 8) / (12 - 6))
-    # A single non-zero stage: nothing to hide, eta is 1 by definition.
-    assert simulate([(0.0, 1.0, 0.0)] * 2, 1).estimate(0.0).overlap_efficiency == 1.0
+    # A single non-zero stage, or a single batch: nothing could overlap, eta is n/a.
+    one_stage = simulate([(0.0, 1.0, 0.0)] * 2, 1).estimate(0.0)
+    assert (one_stage.overlap_efficiency, one_stage.overlap_na_reason) == (None, NA_ONE_STAGE)
+    one_batch = simulate([(1.0, 2.0, 1.0)], 2).estimate(0.0)
+    assert (one_batch.overlap_efficiency, one_batch.overlap_na_reason) == (None, NA_ONE_BATCH)
+    assert e.overlap_na_reason is None
     assert simulate([], 2).wall_s == 0.0
 
 

@@ -10,16 +10,23 @@ import json
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 from npu_pipeline.errors import TimelineError
 from npu_pipeline.timeline import (
+    DEFAULT_MAX_SPANS,
+    NA_NO_WORK,
+    NA_ONE_BATCH,
+    NA_ONE_STAGE,
     STAGES,
     Comparison,
     Span,
     Timeline,
     TimelineSummary,
+    format_overlap,
     overlap_efficiency,
+    overlap_na_reason,
 )
 
 T0 = 100.0
@@ -112,7 +119,7 @@ def test_partial_overlap_matches_hand_computation():
     assert tl.utilisation() == {"pack": 6 / 14, "execute": 9 / 14, "accumulate": 6 / 14}
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 8])
+@pytest.mark.parametrize("n", [2, 3, 8])
 def test_ideal_pipeline_efficiency_is_n_minus_one_over_n(n):
     # Constant stage times, execute the bottleneck, enough slots: wall = p + n*x + q,
     # and only the first pack and the last accumulate stay unhidden: eta = (n-1)/n.
@@ -142,28 +149,72 @@ def test_overlapping_spans_of_one_stage_count_as_their_union():
     assert tl.utilisation()["pack"] == 4 / 7
 
 
-def test_idle_gaps_clip_efficiency_to_zero():
-    # Serial, then a 10 s gap: raw eta = (8 - 18) / (8 - 4) < 0.
-    tl = serial()
-    tl.record(Span(0, 2, "execute", 0, T0 + 18, T0 + 18))
-    assert tl.wall_s() == 18.0
-    assert tl.overlap_efficiency() == 0.0
+def test_one_batch_has_no_efficiency_and_says_why():
+    # A batch's stages run one after another by nature: nothing could overlap,
+    # so eta is not 0 ("nothing overlapped") but undefined.
+    tl = timeline(("pack", 0, 0, 0, 1), ("execute", 0, 0, 1, 3), ("accumulate", 0, 0, 3, 4))
+    s = tl.summary()
+    assert (s.overlap_efficiency, s.overlap_na_reason) == (None, NA_ONE_BATCH)
+    assert tl.overlap_efficiency() is None
+    eta_line = s.format().splitlines()[-1]
+    assert eta_line == f"  overlap efficiency eta = n/a ({NA_ONE_BATCH})"
+    assert NA_ONE_BATCH == "one batch: its stages run one after another"
 
 
-def test_one_busy_stage_is_defined_as_fully_overlapped():
+def test_one_busy_stage_has_no_efficiency_and_says_why():
     tl = timeline(("execute", 0, 0, 0, 2), ("execute", 1, 1, 3, 5))
-    assert tl.overlap_efficiency() == 1.0  # T_ser == T_max: nothing to hide
+    s = tl.summary()
+    assert (s.overlap_efficiency, s.overlap_na_reason) == (None, NA_ONE_STAGE)  # T_ser == T_max
+    assert s.format().endswith("eta = n/a (only one stage did any work)")
     assert tl.utilisation() == {"pack": 0.0, "execute": 0.8, "accumulate": 0.0}
+
+
+def test_one_batch_requests_that_overlap_each_other_have_an_efficiency():
+    # Two one-batch requests from concurrent callers: request 1 packs while
+    # request 0 executes, so across requests there is overlap to measure.
+    tl = Timeline(
+        [
+            Span(0, 0, "pack", 0, T0 + 0, T0 + 1),
+            Span(0, 0, "execute", 0, T0 + 1, T0 + 3),
+            Span(1, 0, "pack", 1, T0 + 1, T0 + 2),
+            Span(0, 0, "accumulate", 0, T0 + 3, T0 + 4),
+            Span(1, 0, "execute", 1, T0 + 3, T0 + 5),
+            Span(1, 0, "accumulate", 1, T0 + 5, T0 + 6),
+        ]
+    )
+    # P 2, X 4, Q 2: T_ser 8, T_max 4, active 6.
+    assert tl.overlap_efficiency() == (8 - 6) / (8 - 4)
+
+
+def test_idle_time_is_reported_apart_and_does_not_change_efficiency():
+    # The stall schedule, then a 6 s pause, then the same schedule again (a
+    # second call). Pooled, the pause is idle time: eta stays that of the
+    # calls themselves instead of dropping to 0, and the report shows the pause.
+    first = double_buffer_stall().spans
+    again = [
+        Span(1, s.batch, s.stage, s.slot, s.start + 20, s.end + 20) for s in first
+    ]  # 14 s of work from t = 20
+    tl = Timeline([*first, *again])
+    s = tl.summary()
+    assert (s.wall_s, s.active_s, s.idle_s) == (34.0, 28.0, 6.0)
+    assert tl.active_s() == 28.0 and tl.idle_s() == 6.0
+    assert s.serial_s == 42.0 and s.bottleneck_s == 18.0
+    assert s.overlap_efficiency == (42 - 28) / (42 - 18) == 7 / 12
+    assert s.utilisation["execute"] == 18 / 34  # of the wall time, pause included
+    lines = s.format().splitlines()
+    assert "  idle               6.000   (no stage working)" in lines
+    assert lines[0] == "overlap report, all spans recorded: 6 batches in 2 request(s), 18 spans"
 
 
 def test_empty_timeline():
     tl = Timeline()
     assert tl.spans == ()
     assert tl.busy_s() == {"pack": 0.0, "execute": 0.0, "accumulate": 0.0}
-    assert tl.wall_s() == 0.0
-    assert tl.overlap_efficiency() == 1.0
+    assert tl.wall_s() == 0.0 and tl.active_s() == 0.0 and tl.idle_s() == 0.0
+    assert tl.overlap_efficiency() is None
+    assert tl.summary().overlap_na_reason == NA_NO_WORK
     assert tl.utilisation() == {"pack": 0.0, "execute": 0.0, "accumulate": 0.0}
-    assert tl.report() == "overlap report: no spans recorded"
+    assert tl.report() == "overlap report, all spans recorded: no spans recorded"
 
 
 # --- the pure function the planner reuses -------------------------------------------
@@ -177,13 +228,44 @@ def test_empty_timeline():
         ({"pack": 6, "execute": 9, "accumulate": 6}, 21, 0.0),
         ({"pack": 6, "execute": 9, "accumulate": 6}, 30, 0.0),  # idle: clipped up
         ({"pack": 6, "execute": 9, "accumulate": 6}, 5, 1.0),  # inconsistent: clipped down
-        ({"execute": 3.0}, 3.0, 1.0),  # missing stages count as 0 s
+        ({"execute": 3.0}, 3.0, None),  # missing stages count as 0 s: one stage worked
         ({"pack": 1.0, "execute": 1.0}, 1.5, 0.5),  # tie for the max
-        ({}, 0.0, 1.0),
+        ({}, 0.0, None),
     ],
 )
 def test_overlap_efficiency_function(busy, wall, expected):
     assert overlap_efficiency(busy, wall) == expected
+
+
+@pytest.mark.parametrize(
+    ("busy", "batches", "reason"),
+    [
+        ({"pack": 6, "execute": 9, "accumulate": 6}, None, None),
+        ({"pack": 6, "execute": 9, "accumulate": 6}, 3, None),
+        ({"pack": 6, "execute": 9, "accumulate": 6}, 1, NA_ONE_BATCH),
+        ({"execute": 9}, 3, NA_ONE_STAGE),
+        ({"execute": 9}, 1, NA_ONE_BATCH),  # one batch is the more basic reason
+        ({"execute": 9}, None, NA_ONE_STAGE),
+        ({}, 3, NA_NO_WORK),
+        ({"pack": 1}, 0, NA_NO_WORK),
+    ],
+)
+def test_overlap_na_reason(busy, batches, reason):
+    assert overlap_na_reason(busy, batches) == reason
+    eta = overlap_efficiency(busy, 10.0, batches)
+    assert (eta is None) == (reason is not None)
+
+
+def test_format_overlap():
+    assert format_overlap(7 / 12, None) == "0.583"
+    assert format_overlap(0.0, None, digits=2) == "0.00"  # a real 0 stays a number
+    assert format_overlap(None, NA_ONE_BATCH) == "n/a (one batch: its stages run one after another)"
+
+
+@pytest.mark.parametrize("batches", [-1, 1.5, True, "3"])
+def test_overlap_efficiency_refuses_a_bad_batch_count(batches):
+    with pytest.raises(TimelineError, match="batch count"):
+        overlap_efficiency({"pack": 1.0, "execute": 2.0}, 2.5, batches)
 
 
 @pytest.mark.parametrize(
@@ -310,7 +392,10 @@ def test_summary_holds_every_metric():
     s = tl.summary()
     assert isinstance(s, TimelineSummary)
     assert (s.spans, s.requests, s.batches) == (10, 2, 4)
-    assert (s.wall_s, s.serial_s, s.bottleneck_s) == (14.0, 22.0, 10.0)
+    assert (s.wall_s, s.active_s, s.idle_s) == (14.0, 14.0, 0.0)
+    assert (s.serial_s, s.bottleneck_s) == (22.0, 10.0)
+    assert (s.spans_recorded, s.spans_dropped, s.scope) == (10, 0, "all spans recorded")
+    assert s.overlap_na_reason is None
     assert s.bottleneck_stage == "execute"
     assert dict(s.busy_s) == {"pack": 6.0, "execute": 10.0, "accumulate": 6.0}
     assert s.utilisation["execute"] == 10 / 14
@@ -327,12 +412,14 @@ def test_report_text():
         for s in double_buffer_stall().spans
     )
     assert tl.report().splitlines() == [
-        "overlap report: 3 batches in 1 request(s), 9 spans",
+        "overlap report, all spans recorded: 3 batches in 1 request(s), 9 spans",
         "  stage          busy (ms)   utilisation",
         "  pack               6.000        42.9%",
         "  execute            9.000        64.3%  <- bottleneck",
         "  accumulate         6.000        42.9%",
-        "  wall              14.000",
+        "  wall              14.000   (first start to last end)",
+        "  active            14.000   (some stage working)",
+        "  idle               0.000   (no stage working)",
         "  serial            21.000   (sum of the busy times)",
         "  overlap efficiency eta = 0.583   (1 = lighter stages fully hidden, 0 = no overlap)",
     ]
@@ -355,6 +442,20 @@ def test_compare_with_prediction():
         "  wall                    12.000            14.000                1.17",
         "  eta                      0.250             0.583",
     ]
+
+
+def test_compare_prints_n_a_with_the_reason_for_one_batch():
+    tl = timeline(("pack", 0, 0, 0, 1), ("execute", 0, 0, 1, 3), ("accumulate", 0, 0, 3, 4))
+    c = tl.compare_with_prediction(4.0, {"pack": 1.0, "execute": 2.0, "accumulate": 1.0}, 1)
+    assert (c.predicted_efficiency, c.predicted_na_reason) == (None, NA_ONE_BATCH)
+    assert (c.measured_efficiency, c.measured_na_reason) == (None, NA_ONE_BATCH)
+    assert c.format().splitlines()[-2:] == [
+        "  eta         predicted n/a (one batch: its stages run one after another)",
+        "              measured  n/a (one batch: its stages run one after another)",
+    ]
+    # Without the predicted batch count only the busy times can be judged.
+    unknown = tl.compare_with_prediction(4.0, {"pack": 1.0, "execute": 2.0, "accumulate": 1.0})
+    assert unknown.predicted_efficiency == 0.0
 
 
 def test_compare_against_a_predicted_schedule():
@@ -420,7 +521,16 @@ def test_chrome_trace_round_trips(tmp_path):
     }
     assert got == expected
     assert trace["otherData"]["wall_s"] == 14.0
+    assert trace["otherData"]["spans"] == 10
     assert trace["displayTimeUnit"] == "ms"
+
+
+def test_chrome_trace_says_n_a_and_why(tmp_path):
+    tl = timeline(("pack", 0, 0, 0, 1), ("execute", 0, 0, 1, 3), ("accumulate", 0, 0, 3, 4))
+    other = json.loads(tl.to_chrome_trace(tmp_path / "t.json").read_text())["otherData"]
+    assert other["overlap_efficiency"] is None
+    assert other["overlap_na_reason"] == NA_ONE_BATCH
+    assert other["eta"] == "n/a (one batch: its stages run one after another)"
 
 
 def test_chrome_trace_tracks_never_hold_overlapping_events(tmp_path):
@@ -450,7 +560,199 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_title_says_n_a_and_why(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    titles = []
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: titles.append(text))
+    tl = timeline(("pack", 0, 0, 0, 1), ("execute", 0, 0, 1, 3), ("accumulate", 0, 0, 3, 4))
+    tl.plot(tmp_path / "one.png")
+    double_buffer_stall().plot(tmp_path / "three.png")
+    assert titles == [
+        "wall 4.000 s, eta = n/a (one batch: its stages run one after another), 1 batches",
+        "wall 14.000 s, eta = 0.58, 3 batches; in each row one band per slot, 0..1 top down",
+    ]
+
+
 def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     with pytest.raises(ImportError, match=r'pip install "npu-pipeline\[plot\]"'):
         serial().plot(tmp_path / "gantt.png")
+
+
+# --- windows, the last request, the cap --------------------------------------------
+
+
+def request_spans(request, start):
+    """One request of two batches (6 spans) from ``start``: 1 s pack, 2 s execute, 1 s
+    accumulate each, batch 1 packed while batch 0 executes."""
+    return [
+        Span(request, 0, "pack", 0, start + 0, start + 1),
+        Span(request, 0, "execute", 0, start + 1, start + 3),
+        Span(request, 1, "pack", 1, start + 1, start + 2),
+        Span(request, 0, "accumulate", 0, start + 3, start + 4),
+        Span(request, 1, "execute", 1, start + 3, start + 5),
+        Span(request, 1, "accumulate", 1, start + 5, start + 6),
+    ]
+
+
+def test_window_collects_only_the_spans_recorded_while_it_is_open():
+    tl = Timeline()
+    for span in request_spans(0, T0):
+        tl.record(span)
+    with tl.window() as w:
+        for span in request_spans(1, T0 + 100):
+            tl.record(span)
+        assert len(w.spans) == 6  # live while open
+    # Pooled, the 94 s pause between the two calls is idle time, reported as
+    # such; eta is that of the calls: P 4, X 8, Q 4, T_ser 16, T_max 8, active 12.
+    pooled = tl.summary()
+    assert (pooled.requests, pooled.wall_s, pooled.idle_s) == (2, 106.0, 94.0)
+    assert pooled.overlap_efficiency == (16 - 12) / (16 - 8)
+    tl.record(Span(2, 0, "pack", 0, T0 + 200, T0 + 201))  # after the window closed
+    assert w.spans == tuple(request_spans(1, T0 + 100))
+    assert len(tl.spans) == 13
+    s = w.summary()
+    assert (s.scope, s.requests, s.batches, s.wall_s, s.idle_s) == ("window", 1, 2, 6.0, 0.0)
+    # P 2, X 4, Q 2: T_ser 8, T_max 4, active 6.
+    assert s.overlap_efficiency == (8 - 6) / (8 - 4)
+    assert w.report().startswith("overlap report, window: 2 batches in 1 request(s), 6 spans")
+
+
+def test_windows_nest_and_a_closed_window_is_no_longer_fed():
+    tl = Timeline()
+    with tl.window() as outer:
+        tl.record(Span(0, 0, "pack", 0, 0.0, 1.0))
+        with tl.window() as inner:
+            tl.record(Span(0, 0, "execute", 0, 1.0, 2.0))
+        tl.record(Span(0, 0, "accumulate", 0, 2.0, 3.0))
+    assert [s.stage for s in outer.spans] == ["pack", "execute", "accumulate"]
+    assert [s.stage for s in inner.spans] == ["execute"]
+    assert tl._windows == []  # nothing left registered: a closed window costs nothing
+
+
+def test_window_is_closed_when_its_block_raises():
+    tl = Timeline()
+    with pytest.raises(RuntimeError, match="boom"), tl.window() as w:
+        raise RuntimeError("boom")
+    tl.record(Span(0, 0, "pack", 0, 0.0, 1.0))
+    assert w.spans == ()
+
+
+def test_windows_opened_and_closed_while_threads_record_lose_nothing():
+    tl = Timeline(max_spans=None)
+    stop = threading.Event()
+    per_thread = 3000
+
+    def work(t):
+        for i in range(per_thread):
+            tl.record(Span(t, i, "pack", t, float(i), float(i + 1)))
+        stop.set()
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    windows = []
+    while not stop.is_set():
+        with tl.window() as w:
+            windows.append(w)
+    for thread in threads:
+        thread.join()
+    spans = tl.spans
+    assert len(spans) == 4 * per_thread
+    # Each window holds a contiguous run of the recording order, and all of them
+    # together never more than was recorded.
+    position = {span: n for n, span in enumerate(spans)}
+    for w in windows:
+        indices = [position[s] for s in w.spans]
+        assert indices == list(range(indices[0], indices[0] + len(indices)) if indices else [])
+    assert sum(len(w.spans) for w in windows) <= len(spans)
+
+
+def test_last_request_and_for_request():
+    tl = Timeline([*request_spans(3, T0), *request_spans(4, T0 + 2)])
+    last = tl.last_request()
+    assert last.spans == tuple(request_spans(4, T0 + 2))
+    assert last.summary().scope == "request 4"
+    assert tl.for_request(3).report().startswith("overlap report, request 3: 2 batches")
+    assert Timeline().last_request().spans == ()
+
+
+def test_the_default_cap_bounds_memory_and_counts_what_it_drops():
+    # 5,000 requests of 3 spans (one batch each): 15,000 spans, 5,000 over the cap.
+    tl = Timeline()
+    assert tl.max_spans == DEFAULT_MAX_SPANS == 10_000
+    for r in range(5000):
+        start = T0 + 4 * r
+        tl.record(Span(r, 0, "pack", 0, start, start + 1))
+        tl.record(Span(r, 0, "execute", 0, start + 1, start + 3))
+        tl.record(Span(r, 0, "accumulate", 0, start + 3, start + 4))
+    assert len(tl.spans) == 10_000
+    assert (tl.spans_recorded, tl.spans_dropped) == (15_000, 5_000)
+    assert tl.spans[0] == Span(1666, 0, "accumulate", 0, T0 + 4 * 1666 + 3, T0 + 4 * 1666 + 4)
+    s = tl.summary()
+    assert (s.spans, s.spans_recorded, s.spans_dropped) == (10_000, 15_000, 5_000)
+    assert s.requests == 3334  # of the kept spans: request 1666 only partly
+    assert s.format().splitlines()[1] == (
+        "  covers only the newest 10000 of 15000 spans recorded "
+        "(the oldest 5000 were dropped at the cap)"
+    )
+    tl.clear()
+    assert (tl.spans, tl.spans_recorded, tl.spans_dropped) == ((), 0, 0)
+
+
+def test_a_window_stays_complete_while_the_cap_drops_old_spans():
+    tl = Timeline(max_spans=50)
+    for r in range(1200):
+        if r == 600:
+            window = tl.window()
+            w = window.__enter__()
+        for span in request_spans(r, T0 + 10 * r):
+            tl.record(span)
+        if r == 609:
+            window.__exit__(None, None, None)
+    assert len(tl.spans) == 50
+    assert (tl.spans_recorded, tl.spans_dropped) == (7200, 7150)
+    # Ten requests, 60 spans: more than the cap of the timeline they came through,
+    # and the window has the same cap.
+    assert w.max_spans == 50
+    assert (w.spans_recorded, w.spans_dropped) == (60, 10)
+    assert {s.request for s in w.spans} == set(range(601, 610))
+    with tl.window() as w2:
+        for r in range(1200, 1205):
+            for span in request_spans(r, T0 + 10 * r):
+                tl.record(span)
+    assert w2.spans == tuple(s for r in range(1200, 1205) for s in request_spans(r, T0 + 10 * r))
+    assert w2.summary().spans_dropped == 0
+
+
+@pytest.mark.parametrize("max_spans", [0, -1, 1.5, True])
+def test_max_spans_is_checked(max_spans):
+    with pytest.raises(TimelineError, match="max_spans"):
+        Timeline(max_spans=max_spans)
+
+
+@pytest.mark.anyio
+async def test_pipeline_window_reports_one_call_and_the_cap_passes_through(rng):
+    from npu_pipeline.pipeline import open_pipeline
+
+    a = rng.integers(-128, 128, size=(300, 200), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(200, 100), dtype=np.int8)
+    expected = a.astype(np.int64) @ b.astype(np.int64)
+    async with open_pipeline(device="emulator", host_path=False, max_spans=7) as pipe:
+        assert pipe.timeline.max_spans == 7
+        plan = pipe.plan(300, 200, 100)
+        for _ in range(4):
+            assert np.array_equal(await pipe.matmul(a, b), expected)
+        with pipe.timeline.window() as w:
+            c = await pipe.matmul(a, b)
+        assert np.array_equal(c, expected)
+        recorded = pipe.timeline.spans_recorded
+    per_call = 3 * len(plan.batches)  # pack, execute, accumulate of every batch
+    assert len(w.spans) == min(per_call, 7)
+    assert {s.request for s in w.spans} == {5}  # the fifth call alone (ids count from 1)
+    assert w.spans_recorded == per_call
+    assert recorded == 5 * per_call
+    assert len(pipe.timeline.spans) == 7
+    assert pipe.timeline.spans_dropped == 5 * per_call - 7

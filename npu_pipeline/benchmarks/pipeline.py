@@ -41,6 +41,7 @@ from npu_pipeline.pipeline import Pipeline, open_pipeline
 from npu_pipeline.planner import plan_batches
 from npu_pipeline.profiles import NPU1, DeviceProfile
 from npu_pipeline.reference import matmul_exact_blas, seed_wrapper_matmul
+from npu_pipeline.timeline import format_overlap
 
 WHISPER_SHAPES = ((1500, 512, 1536), (1500, 512, 2048), (1500, 2048, 512))
 #: The timed profile: npu1's modelled device times multiplied by this, so that
@@ -143,7 +144,8 @@ async def _timed(calibration: Calibration, quick: bool, rows: list[Row], goals: 
                 if not np.array_equal(c, matmul_exact_blas(a, b)):
                     raise RuntimeError(f"timed pipeline result for {shape} is not exact")
                 plan = pipe.plan(*shape)
-                eta[slots] = pipe.timeline.overlap_efficiency()
+                measured_eta = pipe.timeline.overlap_efficiency()  # None: nothing could overlap
+                eta[slots] = float("nan") if measured_eta is None else measured_eta
                 name = f"{_shape(shape)} {profile.name}, {slots} slot(s)"
                 note = "MODELLED device time (emulator timed by the slowed npu1 model)"
                 rows += [
@@ -172,7 +174,7 @@ def _npu1_prediction(calibration: Calibration, rows: list[Row]) -> None:
                 estimate.wall_s * 1e3,
                 "ms",
                 f"MODELLED (this host's pack/accumulate rates), bound by {estimate.bound}, "
-                f"eta {estimate.overlap_efficiency:.2f}",
+                f"eta {format_overlap(estimate.overlap_efficiency, estimate.overlap_na_reason, 2)}",
             )
         )
 
