@@ -738,7 +738,11 @@ class Pipeline:
         its output to it. Each batch's error, or None."""
         failure = None
         try:
-            self._device.wait(work.submission)
+            # Cancellation reaches a submission between its runs: once every
+            # request in it has stopped, its runs not yet started are skipped.
+            self._device.wait(
+                work.submission, should_stop=lambda: all(r.stopped for r, _ in work.batches)
+            )
         except DeviceError as error:
             failure = error
         finally:
