@@ -640,7 +640,8 @@ class Pipeline:
         """Modelled device seconds of one run of ``block``."""
         seconds = self._device_s.get(block)
         if seconds is None:
-            seconds = self._device_s[block] = self.profile.run_seconds(self.contract, block)
+            seconds = self.profile.run_seconds(self.contract, block, queued=True)
+            self._device_s[block] = seconds
         return seconds
 
     async def _drain(self, receive: Any) -> None:

@@ -229,13 +229,19 @@ class Schedule:
         return Timeline(spans, max_spans=None)  # a prediction is compared whole
 
 
-def simulate(durations: Sequence[tuple[float, float, float]], slots: int) -> Schedule:
+def simulate(
+    durations: Sequence[tuple[float, float, float]], slots: int, startup_s: float = 0.0
+) -> Schedule:
     """Discrete-event simulation of the three-stage pipeline over ``slots`` BO slots.
 
     Args:
         durations: per batch, in execution order, the seconds of its
-            (pack, execute, accumulate) stages.
+            (pack, execute, accumulate) stages, execute as for a batch queued
+            behind another (``DeviceProfile.execute_seconds``).
         slots: BO slots (>= 1). Batch ``i`` uses slot ``i % slots``.
+        startup_s: what a batch's execute takes longer when it finds the
+            device idle (``DeviceProfile.startup_seconds``): its submission
+            could not overlap a run before it.
 
     Rules: each stage is one worker taking batches in order. Pack of batch
     ``i`` waits for the previous pack and for its slot, which is free when the
@@ -261,8 +267,9 @@ def simulate(durations: Sequence[tuple[float, float, float]], slots: int) -> Sch
         start = pack_end if i < slots else max(pack_end, accumulate[i - slots][1])
         pack_end = start + p
         pack.append((start, pack_end))
+        idle = pack_end >= exec_end  # nothing running to overlap the submission with
         start = max(pack_end, exec_end)
-        exec_end = start + x
+        exec_end = start + x + (startup_s if idle else 0.0)
         execute.append((start, exec_end))
         start = max(exec_end, acc_end)
         acc_end = start + q
@@ -502,6 +509,7 @@ class _Costs:
         self.core_tile = spec.core_tile
         # tile_pair kernels always run their one fixed tile (max_block == granularity).
         self.fixed_run = spec.max_block if contract.semantic == "tile_pair" else None
+        self.startup_s = profile.startup_seconds()
         self._memo: dict[tuple[tuple[int, int, int], bool], tuple[float, float, float]] = {}
 
     def run_block(self, shape: tuple[int, int, int]) -> tuple[tuple[int, int, int], int]:
@@ -698,7 +706,7 @@ def _candidates(
             [_Axis(n, rn, rn)],
         ]
     profile = costs.profile
-    dispatch = profile.device_time_scale * profile.dispatch_s
+    dispatch = profile.device_time_scale * profile.queued_dispatch_s
     out = []
     for am in per_axis[0]:
         for ak in per_axis[1]:
@@ -710,7 +718,7 @@ def _candidates(
                     + costs.total_runs(axes) * dispatch
                 )
                 run, runs = costs.run_block(full)
-                device_s = runs * profile.run_seconds(costs.contract, run)
+                device_s = runs * profile.run_seconds(costs.contract, run, queued=True)
                 out.append(_Candidate(axes, sum(costs.io_bytes(full)), bound, device_s))
     return out
 
@@ -951,7 +959,7 @@ def _fastest(
             memory = count * candidate.slot_bytes
             if memory > budget:
                 break
-            schedule = simulate(durations, count)
+            schedule = simulate(durations, count, costs.startup_s)
             wall = schedule.wall_s
             if (
                 best is None

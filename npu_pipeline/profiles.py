@@ -60,6 +60,11 @@ _NPU1_PYTHON_CALL_S = 0.33e-3
 #: The seed's measured cost of one per-tile call, all host work included
 #: (docs/why.md#the-seeds-measurements).
 _SEED_CALL_S = 0.46e-3
+#: Device seconds per run with runs in flight, from xrt-smi validate's
+#: throughput test (docs/hardware-facts.md#performance-anchors): Phoenix 6.3k
+#: runs/s, Strix Halo 78,771 runs/s. Derived: the inverse of those rates.
+_NPU1_QUEUED_DISPATCH_S = 1 / 6.3e3
+_NPU2_QUEUED_DISPATCH_S = 1 / 78_771
 #: Default RLIMIT_MEMLOCK on Linux >= 5.16 (8 MiB; this host: ``ulimit -l`` = 8192 KB).
 _TYPICAL_MEMLOCK = 8 * 1024 * 1024
 
@@ -102,6 +107,7 @@ _UNITS = {
     "memory_budget_bytes": "bytes",
     "compute_cores": "cores",
     "dispatch_s": "s",
+    "queued_dispatch_s": "s",
     "dma_bytes_per_s": "B/s",
     "pack_bytes_per_s": "B/s",
     "accumulate_bytes_per_s": "B/s",
@@ -127,6 +133,12 @@ class DeviceProfile:
         memory_budget_bytes: default pinned host memory for all BO slots, bytes
             (``plan_batches(memory_budget=...)`` overrides it).
         compute_cores: AIE cores a block's output core tiles are spread over.
+        queued_dispatch_s: what a run costs the device beyond its DMA and
+            compute when it was submitted while the run before it was still
+            executing (its submission overlapped that run), seconds; at most
+            ``dispatch_s``. The planner's simulation charges ``dispatch_s`` to
+            a batch that finds the device idle and this to one queued behind
+            another.
         dispatch_s: fixed cost of one run as the pipeline sees it: submit,
             syncs, completion, seconds.
         dma_bytes_per_s: bytes per second moved between host memory and the array.
@@ -156,6 +168,7 @@ class DeviceProfile:
     memory_budget_bytes: int
     compute_cores: int
     dispatch_s: float
+    queued_dispatch_s: float
     dma_bytes_per_s: float
     core_ops_per_s: tuple[tuple[str, float], ...]
     pack_bytes_per_s: float
@@ -198,17 +211,26 @@ class DeviceProfile:
         """Unscaled DMA time of one run's buffers (inputs and output), seconds."""
         return sum(contract.run_buffer_bytes(block).values()) / self.dma_bytes_per_s
 
-    def run_seconds(self, contract: KernelContract, block: tuple[int, int, int]) -> float:
+    def run_seconds(
+        self, contract: KernelContract, block: tuple[int, int, int], queued: bool = False
+    ) -> float:
         """Modelled device seconds of one run of padded ``block`` (m, k, n) of ``contract``.
 
-        ``device_time_scale * (dispatch + transfer + compute)``. The emulator
-        uses this as its timing model, the planner for the execute stage.
+        ``device_time_scale * (dispatch + transfer + compute)``, with
+        ``queued_dispatch_s`` in place of ``dispatch_s`` for a run submitted
+        while the one before it was still executing (``queued``). The
+        emulator uses this as its timing model, the planner for the execute stage.
         """
+        dispatch = self.queued_dispatch_s if queued else self.dispatch_s
         return self.device_time_scale * (
-            self.dispatch_s
+            dispatch
             + self.transfer_seconds(contract, block)
             + self.compute_seconds(contract, block)
         )
+
+    def startup_seconds(self) -> float:
+        """Extra device seconds of a run that finds the device idle, over a queued one."""
+        return self.device_time_scale * (self.dispatch_s - self.queued_dispatch_s)
 
     def pack_seconds(self, nbytes: int) -> float:
         """Host seconds to pack ``nbytes`` of input into a slot, hand-off included."""
@@ -217,11 +239,14 @@ class DeviceProfile:
     def execute_seconds(
         self, contract: KernelContract, block: tuple[int, int, int], n_runs: int = 1
     ) -> float:
-        """Seconds of the execute stage for ``n_runs`` runs of ``block``, hand-off included.
+        """Seconds of the execute stage for ``n_runs`` queued runs of ``block``, hand-off
+        included.
 
-        Runs of one batch go one after another: each pays its dispatch.
+        Runs of one batch go one after another, each queued behind the one
+        before: each pays ``queued_dispatch_s``. A batch that finds the device
+        idle pays :meth:`startup_seconds` more (the planner's simulation adds it).
         """
-        return self.batch_overhead_s + n_runs * self.run_seconds(contract, block)
+        return self.batch_overhead_s + n_runs * self.run_seconds(contract, block, queued=True)
 
     def host_seconds(self, m: int, k: int, n: int) -> float:
         """Host seconds of the exact (m x k) @ (k x n) product computed on the host.
@@ -350,6 +375,7 @@ NPU1 = DeviceProfile(
     memory_budget_bytes=_TYPICAL_MEMLOCK // 2,
     compute_cores=_NPU1_CORES,
     dispatch_s=_NPU1_PYTHON_CALL_S,
+    queued_dispatch_s=_NPU1_QUEUED_DISPATCH_S,
     dma_bytes_per_s=_NPU1_DMA,
     # The seed's tile kernel has no public rate; at any plausible rate its
     # 8192 ops take < 0.1 us, noise beside the 330 us dispatch.
@@ -366,8 +392,14 @@ NPU1 = DeviceProfile(
             "dispatch_s",
             "a kernel() call from Python on Phoenix cost about 0.33 ms (submit, syncs and a "
             "trivial tile kernel included), as the seed's authors measured it "
-            "(docs/why.md#what-the-seeds-authors-found-later); chained or pipelined runs "
-            "may cost less (docs/hardware-facts.md#setup-and-dispatch-costs), not modelled",
+            "(docs/why.md#what-the-seeds-authors-found-later); a run that finds the device "
+            "idle pays it",
+        ),
+        (
+            "queued_dispatch_s",
+            "derived: xrt-smi validate's throughput test on Phoenix ran 6.3k runs/s, about "
+            "159 us a run with runs in flight, the same as its single-run latency (amd/IRON "
+            "issue 55; docs/hardware-facts.md#performance-anchors)",
         ),
         (
             "dma_bytes_per_s",
@@ -393,6 +425,7 @@ NPU2 = dataclasses.replace(
     description="Strix / Krackan NPU (XDNA2, 8x4 AIE-ML); all device times MODELLED",
     compute_cores=_NPU2_CORES,
     dispatch_s=_NPU2_DISPATCH_S,
+    queued_dispatch_s=_NPU2_QUEUED_DISPATCH_S,
     dma_bytes_per_s=_NPU2_DMA,
     core_ops_per_s=(("gemm_i8_i32", _NPU2_CORE_RATE), ("tile16_legacy", _NPU2_CORE_RATE)),
     sources=(
@@ -407,6 +440,12 @@ NPU2 = dataclasses.replace(
             "45-80 us for an empty kernel on Strix/Krackan in public reports, upper end "
             "(mlir-aie issue 2381; docs/hardware-facts.md#setup-and-dispatch-costs)",
         ),
+        (
+            "queued_dispatch_s",
+            "derived: xrt-smi validate's throughput test on Strix Halo ran 78,771 runs/s, "
+            "about 12.7 us a run with runs in flight (Xilinx/XRT PRs 8075 and 8319; "
+            "docs/hardware-facts.md#performance-anchors)",
+        ),
         ("dma_bytes_per_s", _NPU2_FIT),
         ("core_ops_per_s[gemm_i8_i32]", _NPU2_FIT + ", divided by 32 cores"),
         (
@@ -418,6 +457,7 @@ NPU2 = dataclasses.replace(
 
 #: The emulator's defaults when calibration is off (NPU_PIPELINE_CALIBRATION=off).
 CPU_DEFAULTS = {
+    "queued_dispatch_s": 30e-6,
     "pack_bytes_per_s": 2e9,
     "accumulate_bytes_per_s": 2e9,
     "exact_ops_per_s": 20e9,
@@ -432,6 +472,7 @@ CPU = dataclasses.replace(
     # Emulated BOs are ordinary memory, not pinned: no RLIMIT_MEMLOCK applies.
     memory_budget_bytes=64 * 1024 * 1024,
     dispatch_s=100e-6,
+    queued_dispatch_s=CPU_DEFAULTS["queued_dispatch_s"],
     dma_bytes_per_s=10e9,
     core_ops_per_s=(
         ("gemm_i8_i32", CPU_DEFAULTS["exact_ops_per_s"]),
@@ -447,6 +488,10 @@ CPU = dataclasses.replace(
         ("compute_cores", "design: the emulator computes a whole block at once (BLAS)"),
         ("memory_budget_bytes", "design: emulated BOs are ordinary (unpinned) host memory"),
         ("dispatch_s", "assumption: emulator submit -> worker thread -> completion"),
+        (
+            "queued_dispatch_s",
+            "default (calibration off): assumption, the emulator's device thread between runs",
+        ),
         ("dma_bytes_per_s", "assumption: host memcpy into and out of emulated BOs"),
         ("pack_bytes_per_s", "default (calibration off): assumption, shared host core"),
         ("accumulate_bytes_per_s", "default (calibration off): assumption, shared host core"),

@@ -131,10 +131,7 @@ def test_the_host_path_is_exact(backend, m, k, n, int8, shift, rounding, seed):
             return pipe.plan(m, k, n, options.get("out_dtype")), await pipe.matmul(a, b, **options)
 
     plan, c = anyio.run(main, backend=backend)
-    if int8:
-        expected = srs(exact(a, b), shift, rounding, Saturation.SATURATE)
-    else:
-        expected = exact(a, b)
+    expected = srs(exact(a, b), shift, rounding, Saturation.SATURATE) if int8 else exact(a, b)
     assert c.dtype == (np.int8 if int8 else np.int32)
     assert np.array_equal(c, expected), plan.path
 

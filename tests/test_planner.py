@@ -457,3 +457,14 @@ def test_seed_calibration():
     gemm = plan_batches(512, 512, 512, kernel="gemm_i8_i32", profile="npu1")
     assert gemm.n_runs == 1
     assert gemm.estimate.wall_s < legacy.estimate.sequential_s / 1000
+
+
+def test_a_batch_that_finds_the_device_idle_pays_the_startup():
+    # One slot: every batch waits for the one before to be accumulated, so the
+    # device is idle at each submission and every execute pays the startup.
+    alone = simulate([(1.0, 1.0, 1.0)] * 3, 1, startup_s=0.5)
+    assert alone.wall_s == pytest.approx(3 * 3.0 + 3 * 0.5)
+    # Two slots: batch 1 is packed (t=2) while batch 0 still executes (to 2.5):
+    # it is queued behind it and pays no startup; only batch 0 does.
+    queued = simulate([(1.0, 1.0, 1.0)] * 2, 2, startup_s=0.5)
+    assert queued.execute == ((1.0, 2.5), (2.5, 3.5))

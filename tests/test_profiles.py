@@ -108,8 +108,18 @@ def test_stage_helpers_include_the_hand_off():
     assert NPU1.pack_seconds(0) == NPU1.batch_overhead_s
     assert NPU1.accumulate_seconds(4 * 10**9) == pytest.approx(NPU1.batch_overhead_s + 1.0)
     assert NPU1.execute_seconds(TILE16, (16, 16, 16), 32) == pytest.approx(
-        NPU1.batch_overhead_s + 32 * NPU1.run_seconds(TILE16, (16, 16, 16))
+        NPU1.batch_overhead_s + 32 * NPU1.run_seconds(TILE16, (16, 16, 16), queued=True)
     )
+
+
+@pytest.mark.parametrize("profile", [NPU1, NPU2, CPU])
+def test_a_queued_run_pays_the_queued_dispatch_and_an_idle_one_the_startup(profile):
+    block = (256, 256, 256)
+    lone, queued = profile.run_seconds(GEMM, block), profile.run_seconds(GEMM, block, queued=True)
+    assert 0 < profile.queued_dispatch_s <= profile.dispatch_s
+    assert lone - queued == pytest.approx(profile.startup_seconds())
+    slowed = profile.slowed(3)
+    assert slowed.startup_seconds() == pytest.approx(3 * profile.startup_seconds())
 
 
 def test_custom_contract_uses_the_rate_of_its_semantic():
@@ -194,11 +204,11 @@ def test_calibration_failure_falls_back_to_defaults(cache_dir, monkeypatch):
 
 
 def test_apply_replaces_only_the_measured_rates():
-    measured = calibration.Calibration(1e9, 2e9, 3e9, 4e-4, "host", 0.0, 0.1)
+    measured = calibration.Calibration(1e9, 2e9, 3e9, 4e-4, 5e-5, "host", 0.0, 0.1)
     profile = calibration.apply(measured)
     assert (profile.pack_bytes_per_s, profile.accumulate_bytes_per_s) == (1e9, 2e9)
     assert profile.core_rate(GEMM) == 3e9 and profile.core_rate(TILE16) == 3e9
-    assert profile.dispatch_s == 4e-4
+    assert profile.dispatch_s == 4e-4 and profile.queued_dispatch_s == 5e-5
     assert profile.host_ops_per_s == 3e9  # the host path multiplies with the same BLAS
     assert (
         dataclasses.replace(
@@ -206,6 +216,7 @@ def test_apply_replaces_only_the_measured_rates():
             pack_bytes_per_s=CPU.pack_bytes_per_s,
             accumulate_bytes_per_s=CPU.accumulate_bytes_per_s,
             dispatch_s=CPU.dispatch_s,
+            queued_dispatch_s=CPU.queued_dispatch_s,
             core_ops_per_s=CPU.core_ops_per_s,
             host_ops_per_s=CPU.host_ops_per_s,
             sources=CPU.sources,
@@ -215,7 +226,7 @@ def test_apply_replaces_only_the_measured_rates():
 
 
 def test_with_host_rates_keeps_the_device_model():
-    measured = calibration.Calibration(1e9, 2e9, 3e9, 4e-4, "host", 0.0, 0.1)
+    measured = calibration.Calibration(1e9, 2e9, 3e9, 4e-4, 5e-5, "host", 0.0, 0.1)
     profile = calibration.with_host_rates(NPU1, measured)
     assert (profile.pack_bytes_per_s, profile.accumulate_bytes_per_s) == (1e9, 2e9)
     assert profile.host_ops_per_s == 3e9

@@ -11,7 +11,8 @@ thread takes commands first in, first out, and for each run:
    inside numpy);
 4. with a timing model, holds the run until its modelled completion
    ``max(submitted, previous completion) + run_seconds``, never earlier than
-   the real compute end;
+   the real compute end (a run submitted while the previous one executed is
+   modelled as queued: ``queued_dispatch_s`` in place of ``dispatch_s``);
 5. applies the watchdog: a run whose device time exceeds ``watchdog_s`` ends
    in ``ERT_CMD_STATE_TIMEOUT`` and every other run queued on the context in
    ``ERT_CMD_STATE_ABORT`` (amdxdna TDR, see docs/emulator.md).
@@ -378,7 +379,8 @@ class CommandQueue:
         if launch.fault is FaultKind.ERROR or launch.stream is None:
             return ERROR
         block = launch.stream.block
-        modelled = state.timing(launch.contract, block) if state.timing else None
+        queued = launch.submitted_at < self._last_completion  # it waited for the run before
+        modelled = state.timing(launch.contract, block, queued) if state.timing else None
         if modelled is not None and 0 < watchdog < modelled:
             return TIMEOUT if self._sleep_until(device_start + watchdog) else ABORT
         execute(launch.contract, launch.stream, launch.views, self._scratch)

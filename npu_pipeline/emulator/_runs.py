@@ -189,7 +189,11 @@ class kernel:
         watch = state.detect_mapped_writes
         for use in uses:  # the run's last launch has ended: its uses are free to reuse
             use.run_index = index
-            if watch and use.storage.mapped:
+            # Inputs only: a host write into an input in flight changes what the
+            # run reads (silently, on hardware); one into an output is overwritten
+            # by the run's result at the output sync. Outputs are the largest
+            # buffers, and watching them would double the cost of every check.
+            if watch and use.storage.mapped and not use.writes:
                 use.watch()
             else:
                 use.watched = False

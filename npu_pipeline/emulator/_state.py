@@ -22,11 +22,17 @@ DRIVER_RUNS_IN_FLIGHT = 4
 #: Device names as ``xrt-smi``/``get_info(name)`` report them, per generation.
 DEVICE_NAMES = {"npu1": "NPU Phoenix", "npu2": "NPU Strix"}
 
-TimingModel = Callable[[Any, tuple[int, int, int]], float]
+TimingModel = Callable[[Any, tuple[int, int, int], bool], float]
 
 
 def timing_model(timing: object) -> TimingModel | None:
-    """Normalise a timing option: a profile with ``run_seconds``, a callable, or ``None``."""
+    """Normalise a timing option: a profile with ``run_seconds``, a callable, or ``None``.
+
+    The model is called as ``(contract, block, queued)``: ``queued`` when the
+    run was submitted while the one before it was still executing. A
+    profile's ``run_seconds(contract, block, queued=...)`` gets it; a plain
+    ``(contract, block)`` callable does not care.
+    """
     if timing is None:
         return None
     run_seconds = getattr(timing, "run_seconds", timing)
@@ -38,7 +44,9 @@ def timing_model(timing: object) -> TimingModel | None:
                 "Pass a DeviceProfile, or a function.",
             )
         )
-    return run_seconds
+    if hasattr(timing, "queued_dispatch_s"):
+        return lambda contract, block, queued: run_seconds(contract, block, queued=queued)
+    return lambda contract, block, queued: run_seconds(contract, block)
 
 
 class DeviceState:
