@@ -154,7 +154,8 @@ class Estimate:
         bound: the stage with the most busy time (the bottleneck).
         sequential_s: the same runs issued the seed's way: one kernel call at
             a time from a Python loop, nothing overlapped
-            (``serial_s + n_runs * profile.seed_call_host_s``).
+            (``serial_s + n_runs * (profile.seed_call_host_s +
+            profile.startup_seconds())``: each call finds the device idle).
     """
 
     wall_s: float
@@ -924,7 +925,9 @@ def plan_batches(
         memory_budget=budget,
         n_runs=n_runs,
         batches=batches,
-        estimate=schedule.estimate(serial + n_runs * prof.seed_call_host_s),
+        estimate=schedule.estimate(
+            serial + n_runs * (prof.seed_call_host_s + prof.startup_seconds())
+        ),
         schedule=schedule,
         latency_budget_s=latency,
         batch_device_s=chosen.device_s,
