@@ -27,18 +27,23 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from npu_pipeline.benchmarks import median_seconds
 from npu_pipeline.contract import KernelContract
 from npu_pipeline.profiles import CPU, DeviceProfile
+
+if TYPE_CHECKING:
+    from npu_pipeline.planner import Plan
 
 #: Environment variable that turns calibration off.
 ENV_VAR = "NPU_PIPELINE_CALIBRATION"
@@ -278,6 +283,36 @@ def apply(calibration: Calibration, base: DeviceProfile = CPU) -> DeviceProfile:
         core_ops_per_s=rates,
         sources=tuple((p, measured.get(p, s)) for p, s in hosted.sources),
     )
+
+
+#: A timed replay's slow-down is this many times the emulator's modelled run
+#: time over the target's, so that the emulator keeps up although the host
+#: stages share its cores.
+KEEP_UP_MARGIN = 2.0
+
+
+def keep_up_factor(plan: Plan, margin: float = KEEP_UP_MARGIN) -> tuple[int, float]:
+    """The slow-down with which this host's emulator keeps up with ``plan``'s runs
+    timed by ``plan``'s profile, and the emulator-to-profile run-time ratio behind it.
+
+    The calibrated ``cpu`` profile models how long this host's emulator takes
+    for a run (its exact product at the measured rate, its dispatch and
+    copies), the plan's profile how long the NPU would. A timed run ends no
+    earlier than its modelled time, but no earlier than its real compute
+    either: the model holds only while the slowed time is the longer one. The
+    factor is the smallest whole number at least ``margin`` times the largest
+    ratio over the plan's blocks.
+    """
+    from npu_pipeline.contract import load_contract
+    from npu_pipeline.profiles import get_profile
+
+    contract = load_contract(plan.kernel)
+    cpu, target = get_profile("cpu"), get_profile(plan.profile)
+    ratio = max(
+        cpu.run_seconds(contract, batch.block) / target.run_seconds(contract, batch.block)
+        for batch in plan.batches
+    )
+    return max(1, math.ceil(margin * ratio)), ratio
 
 
 def calibrated_cpu_profile() -> DeviceProfile:

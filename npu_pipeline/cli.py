@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
     from npu_pipeline.timeline import Comparison
 
 #: ``npu-pipeline bench <section>``: module under npu_pipeline.benchmarks with ``run(quick)``.
-BENCH_SECTIONS = ("packing", "emulator", "pipeline")
+BENCH_SECTIONS = ("packing", "emulator", "pipeline", "defaults", "fairness")
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -76,10 +75,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if args.check else 0
 
 
-#: ``demo``: the npu1 replay's slow-down is this many times the emulator's
-#: modelled run time over npu1's, so that the emulator keeps up although the
-#: host stages share its cores.
-_KEEP_UP_MARGIN = 2.0
 #: ``demo``: an execute stage this many times its modelled time means the
 #: emulator fell behind the model (a machine busier than at calibration).
 _FELL_BEHIND = 1.2
@@ -186,29 +181,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return anyio.run(_run_matmul, args, backend=args.backend)
 
 
-def _keep_up_factor(plan: Plan) -> tuple[int, float]:
-    """The npu1 replay's slow-down, and the emulator-to-npu1 run-time ratio it comes from.
-
-    The calibrated ``cpu`` profile models how long this host's emulator
-    takes for a run (its exact product at the measured rate, its dispatch
-    and copies), ``npu1`` how long the NPU would. A timed run ends no earlier
-    than its modelled time, but no earlier than its real compute either: the
-    model holds only while the slowed npu1 time is the longer one. The factor
-    is the smallest whole number at least :data:`_KEEP_UP_MARGIN` times the
-    largest ratio over the plan's blocks.
-    """
-    from npu_pipeline.contract import load_contract
-    from npu_pipeline.profiles import get_profile
-
-    contract = load_contract(plan.kernel)
-    cpu, npu1 = get_profile("cpu"), get_profile("npu1")
-    ratio = max(
-        cpu.run_seconds(contract, batch.block) / npu1.run_seconds(contract, batch.block)
-        for batch in plan.batches
-    )
-    return max(1, math.ceil(_KEEP_UP_MARGIN * ratio)), ratio
-
-
 def _figures(run: _Measured) -> str:
     """Wall and eta, measured and predicted, and the check, on one line."""
     from npu_pipeline.timeline import format_overlap
@@ -224,18 +196,19 @@ def _figures(run: _Measured) -> str:
 
 
 async def _demo(args: argparse.Namespace, npu1_plan: Plan) -> int:
+    from npu_pipeline.calibration import KEEP_UP_MARGIN, keep_up_factor
     from npu_pipeline.profiles import get_profile
 
     a, b = _operands(args)
     print("2. The same matmul run on the emulated NPU of this machine, verified exactly:\n")
     here = await _measure(a, b, args.kernel, args.trace, args.plot, **_run_options(args))
 
-    factor, ratio = _keep_up_factor(npu1_plan)
+    factor, ratio = keep_up_factor(npu1_plan)
     print(
         f"\n3. Step 1's npu1 plan replayed on the emulated NPU, every run held to npu1's "
         f"modelled time slowed x{factor} (MODELLED device times; pack and accumulate are "
         f"this host's). x{factor}: the emulator's modelled run takes {ratio:.2f}x npu1's, "
-        f"times a margin of {_KEEP_UP_MARGIN:g} for the host stages sharing its cores, "
+        f"times a margin of {KEEP_UP_MARGIN:g} for the host stages sharing its cores, "
         "rounded up. The result is computed for real and checked exactly.\n"
     )
     replay = await _measure(

@@ -244,20 +244,21 @@ def test_a_one_batch_plan_reports_n_a_not_zero():
 
 
 def test_demo_keep_up_factor_is_the_smallest_whole_one_above_the_margin():
+    from npu_pipeline.calibration import KEEP_UP_MARGIN, keep_up_factor
     from npu_pipeline.contract import load_contract
     from npu_pipeline.planner import plan_batches
     from npu_pipeline.profiles import get_profile
 
     plan = plan_batches(1500, 512, 2048, profile="npu1")
-    factor, ratio = cli._keep_up_factor(plan)
+    factor, ratio = keep_up_factor(plan)
     contract = load_contract(plan.kernel)
     cpu, npu1 = get_profile("cpu"), get_profile("npu1")
     block = plan.batches[0].block
     assert ratio == cpu.run_seconds(contract, block) / npu1.run_seconds(contract, block)
-    assert factor - 1 < cli._KEEP_UP_MARGIN * ratio <= factor
+    assert factor - 1 < KEEP_UP_MARGIN * ratio <= factor
     # Slowed by it, npu1's run lasts the margin longer than the emulator's.
     slowed = npu1.slowed(factor).run_seconds(contract, block)
-    assert slowed >= cli._KEEP_UP_MARGIN * cpu.run_seconds(contract, block)
+    assert slowed >= KEEP_UP_MARGIN * cpu.run_seconds(contract, block)
 
 
 def test_demo_as_a_user_runs_it():
