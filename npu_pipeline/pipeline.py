@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,9 @@ from npu_pipeline.errors import (
     ShapeError,
     explain,
 )
+from npu_pipeline.learning import CostLearner
 from npu_pipeline.operands import check_operands, check_out, check_out_dtype
-from npu_pipeline.planner import Batch, Plan, plan_batches
+from npu_pipeline.planner import Batch, Plan, plan_batches, stage_model
 from npu_pipeline.profiles import DeviceProfile, get_profile
 from npu_pipeline.reference import Rounding, Saturation
 from npu_pipeline.timeline import Span, Timeline
@@ -98,6 +100,11 @@ class _Request:
     accumulators: dict[tuple[tuple[int, int], tuple[int, int]], np.ndarray] = field(
         default_factory=dict
     )
+    # Measured wall time, for the cost model: written by the stage threads
+    # (first pack start, last accumulate end), read once the request is done.
+    started_at: float = math.inf
+    ended_at: float = -math.inf
+    shared: bool = False  # other requests were queued with it: its wall is not its own
 
     @property
     def stopped(self) -> bool:
@@ -128,6 +135,7 @@ class _Work:
     regions: list[_Region] = field(default_factory=list)  # set when packed
     submission: Any = None
     submitted_at: float = 0.0
+    cold: bool = False  # the slot's BOs were allocated for this work (first touches fault)
 
     @property
     def block(self) -> tuple[int, int, int]:
@@ -146,6 +154,10 @@ class _Scheduler:
         self._work_ready = anyio.Event()
 
     def add(self, request: _Request) -> None:
+        if self._queue:
+            request.shared = True
+            for other in self._queue:
+                other.shared = True
         self._queue.append(request)
         self._work_ready.set()
 
@@ -260,6 +272,12 @@ class Pipeline:
         slots: number of BO slots (2 = double buffering).
         memory_budget: pinned host memory all slots together may use, bytes.
         timeline: every stage of every batch, as spans (see :mod:`npu_pipeline.timeline`).
+        cost_model: what the stage spans taught about the profile's model, and
+            each recent request's predicted vs measured wall time
+            (:class:`~npu_pipeline.learning.CostLearner`; ``print(pipe.cost_model.format())``).
+            Plans are made with its corrections; a request whose measured wall
+            leaves ``learning.DRIFT_BAND`` of its prediction drops the cached
+            plan of its shape, so the next call of that shape plans again.
     """
 
     def __init__(
@@ -275,6 +293,9 @@ class Pipeline:
         self.slots = slots
         self.memory_budget = memory_budget
         self.timeline = Timeline()
+        self.cost_model = CostLearner(profile=profile.name)
+        # The uncorrected stage model per out dtype, that spans are compared with.
+        self._models: dict[str, Callable[[Batch], tuple[float, float, float]]] = {}
         # The tile shape of the contract's layout on this NPU generation (r, s, t).
         self._micro_tile = contract.target(profile.generation).micro_tile
         self._device = device
@@ -323,7 +344,10 @@ class Pipeline:
                 slots=self.slots,
                 memory_budget=self.memory_budget,
                 out_dtype=dtype,
+                corrections=self.cost_model.corrections(),
             )
+            if dtype.name not in self._models:
+                self._models[dtype.name] = stage_model(self.contract, self.profile, dtype)
         return self._plans[key]
 
     async def matmul(
@@ -576,7 +600,27 @@ class Pipeline:
                 request.error = _detached(error)
             elif error is None and not request.stopped:
                 request.retired += 1
+            finished = request.done.is_set()
             request.maybe_finish()
+            if not finished and request.done.is_set() and not request.stopped:
+                self._check_prediction(request)
+
+    def _check_prediction(self, request: _Request) -> None:
+        """Keep a finished request's predicted vs measured wall time; drop its shape's
+        cached plan when the two drifted apart, so the next call plans again."""
+        plan = request.plan
+        if request.ended_at < request.started_at:
+            return  # no stage span: nothing measured
+        record = self.cost_model.record_request(
+            request.id,
+            plan.shape,
+            plan.estimate.wall_s,
+            request.ended_at - request.started_at,
+            shared=request.shared,
+        )
+        key = (*plan.shape, plan.out_dtype)
+        if record.replanned and self._plans.get(key) is plan:
+            del self._plans[key]
 
     # -- work done in worker threads ------------------------------------------------
 
@@ -584,11 +628,13 @@ class Pipeline:
         """Worker thread: size the slot, pack each batch into its runs' region, start them."""
         stride = self.contract.run_buffer_bytes(work.block)
         needs = {name: size * work.n_runs for name, size in stride.items()}
+        held = self._pool._buffers[work.slot]
         work.buffers = self._pool.buffers(work.slot, needs)
+        work.cold = work.buffers is not held
         first_runs = itertools.accumulate((batch.n_runs for _, batch in work.batches), initial=0)
         work.regions = [_Region(work.buffers, stride, run) for run in first_runs][:-1]
         for (request, batch), region in zip(work.batches, work.regions, strict=True):
-            with self.timeline.span(request.id, batch.index, "pack", work.slot):
+            with self._measured(work, request, batch, "pack"):
                 self._pack(request, batch, region)
         request, batch = work.batches[0]
         work.submitted_at = time.perf_counter()
@@ -638,9 +684,27 @@ class Pipeline:
         errors = self._wait(work)
         for (request, batch), region, error in zip(work.batches, work.regions, errors, strict=True):
             if error is None and not request.stopped:  # else leave C alone
-                with self.timeline.span(request.id, batch.index, "accumulate", work.slot):
+                with self._measured(work, request, batch, "accumulate"):
                     self._accumulate(request, batch, region)
         return errors
+
+    @contextlib.contextmanager
+    def _measured(self, work: _Work, request: _Request, batch: Batch, stage: str) -> Iterator[None]:
+        """Worker thread: time the block as ``stage`` of ``batch``; record the span, and
+        when the block did not raise, teach the cost model and the request's wall time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            self.timeline.record(Span(request.id, batch.index, stage, work.slot, start, end))
+        if stage == "pack":
+            request.started_at = min(request.started_at, start)
+            modelled = self._models[request.plan.out_dtype](batch)[0]
+        else:
+            request.ended_at = end
+            modelled = self._models[request.plan.out_dtype](batch)[2]
+        self.cost_model.observe(stage, batch.block, end - start, modelled, cold=work.cold)
 
     def _wait(self, work: _Work) -> list[BaseException | None]:
         """Worker thread: wait for the submission; on a fault, run again what only lost
@@ -661,6 +725,10 @@ class Pipeline:
         for request, batch in work.batches:
             self.timeline.record(Span(request.id, batch.index, "execute", work.slot, began, ended))
         if failure is None:
+            # One span covers the whole submission: compared with the sum of its
+            # batches' modelled times, which apportions it by the model.
+            modelled = sum(self._models[r.plan.out_dtype](b)[1] for r, b in work.batches)
+            self.cost_model.observe("execute", work.block, ended - began, modelled, cold=work.cold)
             return [None] * len(work.batches)
         if len(work.batches) == 1 and failure.state != _ABORT:
             return [failure]  # the device's own error already names this batch
