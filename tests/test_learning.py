@@ -52,16 +52,18 @@ def test_unseen_block_falls_back_to_its_stage_and_unseen_stage_is_not_corrected(
     assert snapshot.lowest("execute") == pytest.approx(1.0)
 
 
-def test_cold_observations_are_provisional():
+def test_cold_observations_are_provisional_upper_bounds():
     learner = CostLearner()
-    learner.observe("accumulate", BLOCK, 50.0, 1.0, cold=True)
-    assert learner.corrections().factor("accumulate", BLOCK) == pytest.approx(50.0)
+    learner.observe("accumulate", BLOCK, 50.0, 1.0, cold=True)  # one-off costs: says nothing
+    assert learner.corrections().factor("accumulate", BLOCK) == pytest.approx(1.0)
+    learner.observe("execute", BLOCK, 0.25, 1.0, cold=True)  # even cold it beat the model
+    assert learner.corrections().factor("execute", BLOCK) == pytest.approx(0.25)
     learner.observe("accumulate", BLOCK, 2.0, 1.0)  # the first warm one replaces it
     assert learner.corrections().factor("accumulate", BLOCK) == pytest.approx(2.0)
     learner.observe("accumulate", BLOCK, 90.0, 1.0, cold=True)  # ignored now
     assert learner.corrections().factor("accumulate", BLOCK) == pytest.approx(2.0)
     # a block seen only cold uses the stage's warm factor
-    learner.observe("accumulate", OTHER, 40.0, 1.0, cold=True)
+    learner.observe("accumulate", OTHER, 0.1, 1.0, cold=True)
     snapshot = learner.corrections()
     assert ("accumulate", OTHER) not in snapshot.by_block
     assert snapshot.factor("accumulate", OTHER) == pytest.approx(2.0)
