@@ -82,7 +82,9 @@ class Requantisation:
 
 @dataclass(eq=False)
 class _Request:
-    """One ``matmul()`` call in flight. Mutated only on the event-loop thread."""
+    """One ``matmul()`` call in flight. Mutated only on the event-loop thread, except
+    ``started_at`` and ``ended_at``, which the stage threads write and the loop
+    reads only once the request is done."""
 
     id: int
     a: np.ndarray
@@ -236,6 +238,10 @@ class _SlotPool:
             self._free.append(slot)
             self._released.set()
 
+    def allocated(self, slot: int) -> Slot | None:
+        """The BOs ``slot`` has now (None before its first use)."""
+        return self._buffers[slot]
+
     def buffers(self, slot: int, needs: dict[str, int]) -> Slot:
         """The BOs of held ``slot``, big enough for ``needs`` (bytes per buffer). Worker thread."""
         current = self._buffers[slot]
@@ -331,7 +337,11 @@ class Pipeline:
         return len(self._requests)
 
     def plan(self, m: int, k: int, n: int, out_dtype: Any = np.int32) -> Plan:
-        """The plan ``matmul`` executes for an (m x k) @ (k x n) product (cached per shape)."""
+        """The plan ``matmul`` executes for an (m x k) @ (k x n) product.
+
+        Cached per shape; made with :attr:`cost_model`'s corrections, and made
+        again after a request of the shape drifted from its prediction.
+        """
         dtype = check_out_dtype(out_dtype)
         key = (m, k, n, dtype.name)
         if key not in self._plans:
@@ -628,7 +638,7 @@ class Pipeline:
         """Worker thread: size the slot, pack each batch into its runs' region, start them."""
         stride = self.contract.run_buffer_bytes(work.block)
         needs = {name: size * work.n_runs for name, size in stride.items()}
-        held = self._pool._buffers[work.slot]
+        held = self._pool.allocated(work.slot)
         work.buffers = self._pool.buffers(work.slot, needs)
         work.cold = work.buffers is not held
         first_runs = itertools.accumulate((batch.n_runs for _, batch in work.batches), initial=0)
