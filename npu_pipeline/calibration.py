@@ -11,8 +11,20 @@ the result is cached on disk under ``$XDG_CACHE_HOME/npu_pipeline/`` (default
 library versions, so it runs once per machine, install and thread setting.
 
 The measurement is a median over repeats, but a machine busy with other work
-measures slow and the cache keeps that: ``NPU_PIPELINE_CALIBRATION=refresh``
-measures again and replaces the cached figures (once per process).
+measures slow. So a cached calibration is not trusted forever:
+
+- it records the load it was measured under (``os.getloadavg()``'s one-minute
+  figure per CPU, :attr:`Calibration.load_per_cpu`); when the machine is now
+  quieter than that (and that was above :data:`QUIET_LOAD`), it is measured
+  again, and the quieter figures replace the cache;
+- it expires after :data:`MAX_AGE_S` (a day): load averages trail bursts, so
+  a disturbed measurement that the load did not show lives at most that long;
+- ``NPU_PIPELINE_CALIBRATION=refresh`` measures again and replaces the cached
+  figures (once per process).
+
+A calibration is only the starting point: the pipeline corrects the model
+from what it measures while it runs (:mod:`npu_pipeline.learning`), so a bad
+cache costs a few badly planned calls, not every call.
 
 Set ``NPU_PIPELINE_CALIBRATION=off`` (or ``0``, ``false``, ``no``) to skip it
 and use the documented defaults (:data:`npu_pipeline.profiles.CPU_DEFAULTS`):
@@ -59,6 +71,16 @@ _EXACT_BLOCK = (512, 1024, 512)
 _REPEAT = 15
 _STREAM_RUNS = 20  # runs per timed stream of back-to-back runs
 
+#: A cached calibration older than this is measured again, seconds. Measuring
+#: takes well under a second once numba's kernels are compiled: a day's
+#: expiry costs nothing noticeable and bounds how long a disturbed
+#: measurement that the load average missed can mislead the planner.
+MAX_AGE_S = 24 * 3600.0
+
+#: One-minute load average per CPU below which a machine counts as quiet: a
+#: calibration measured under at most this load is not re-measured for load.
+QUIET_LOAD = 0.5
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -78,6 +100,10 @@ class Calibration:
         host: the cache key the figures belong to.
         measured_at: when, seconds since the epoch.
         seconds: how long the measurement took (compilation excluded).
+        load_per_cpu: one-minute load average per CPU when it was measured
+            (runnable tasks per CPU; 0 where the platform has no load average;
+            infinite when unknown, as in cache files written before it was
+            recorded, which are therefore measured again).
     """
 
     pack_bytes_per_s: float
@@ -88,6 +114,7 @@ class Calibration:
     host: str
     measured_at: float
     seconds: float
+    load_per_cpu: float = math.inf
 
 
 def calibration_mode() -> str:
@@ -121,6 +148,25 @@ def host_key() -> str:
         f"{platform.node()}|{platform.machine()}|cpus={os.cpu_count()}|"
         f"blas_threads={blas_threads}|"
         f"npu_pipeline={__version__}|numpy={np.__version__}|numba={numba.__version__}"
+    )
+
+
+def load_per_cpu() -> float:
+    """This machine's one-minute load average per CPU (0.0 where there is none)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return 0.0
+
+
+def is_trusted(calibration: Calibration, key: str, now: float, load: float) -> bool:
+    """Whether a cached ``calibration`` may be used for host ``key`` at time ``now``
+    (seconds since the epoch) under ``load`` (per CPU): same host and versions, younger
+    than :data:`MAX_AGE_S`, and measured under no more load than ``load`` unless quiet."""
+    return (
+        calibration.host == key
+        and 0 <= now - calibration.measured_at < MAX_AGE_S
+        and calibration.load_per_cpu <= max(QUIET_LOAD, load)
     )
 
 
@@ -161,6 +207,7 @@ def measure() -> Calibration:
 
     pack()  # first calls compile (or load) the numba kernels: not part of the rate
     accumulate()
+    load = load_per_cpu()
     start = time.perf_counter()
     pack_s = median_seconds(pack, repeat=_REPEAT)
     acc_s = median_seconds(accumulate, repeat=_REPEAT)
@@ -185,6 +232,7 @@ def measure() -> Calibration:
         host=host_key(),
         measured_at=time.time(),
         seconds=time.perf_counter() - start,
+        load_per_cpu=load,
     )
 
 
@@ -222,15 +270,15 @@ def _emulator_dispatch_seconds(contract: KernelContract, exact_ops_per_s: float)
 
 def load_or_measure(refresh: bool = False) -> Calibration:
     """The cached calibration of this host, measuring (and caching) it if there is
-    none or ``refresh`` is true."""
+    none, it is not trusted any more (:func:`is_trusted`), or ``refresh`` is true."""
     key = host_key()
     path = cache_path(key)
     try:
         cached = Calibration(**json.loads(path.read_text()))
-        if cached.host == key and not refresh:
+        if not refresh and is_trusted(cached, key, time.time(), load_per_cpu()):
             return cached
     except (OSError, ValueError, TypeError):
-        pass  # no cache, or a stale or damaged one: measure again
+        pass  # no cache, or a damaged one or one of an older format: measure again
     calibration = measure()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ from npu_pipeline.errors import (
     explain,
 )
 from npu_pipeline.exact import host_matmul
+from npu_pipeline.learning import CostLearner
 from npu_pipeline.operands import check_operands, check_out, check_out_dtype
 from npu_pipeline.planner import (
     BATCHES_PER_BUDGET,
@@ -62,6 +64,7 @@ from npu_pipeline.planner import (
     check_latency_budget,
     check_slots,
     plan_batches,
+    stage_model,
 )
 from npu_pipeline.profiles import DeviceProfile, get_profile
 from npu_pipeline.reference import Rounding, Saturation
@@ -97,7 +100,9 @@ class Requantisation:
 
 @dataclass(eq=False)
 class _Request:
-    """One ``matmul()`` call in flight. Mutated only on the event-loop thread."""
+    """One ``matmul()`` call in flight. Mutated only on the event-loop thread, except
+    ``started_at`` and ``ended_at``, which the stage threads write and the loop
+    reads only once the request is done."""
 
     id: int
     a: np.ndarray
@@ -115,6 +120,11 @@ class _Request:
     accumulators: dict[tuple[tuple[int, int], tuple[int, int]], np.ndarray] = field(
         default_factory=dict
     )
+    # Measured wall time, for the cost model: written by the stage threads
+    # (first pack start, last accumulate end), read once the request is done.
+    started_at: float = math.inf
+    ended_at: float = -math.inf
+    shared: bool = False  # other requests were queued with it: its wall is not its own
 
     @property
     def stopped(self) -> bool:
@@ -146,6 +156,7 @@ class _Work:
     submission: Any = None
     submitted_at: float = 0.0
     device_s: float = 0.0  # modelled device seconds of all its runs
+    cold: bool = False  # the slot's BOs were allocated for this work (first touches fault)
 
     @property
     def block(self) -> tuple[int, int, int]:
@@ -164,6 +175,10 @@ class _Scheduler:
         self._work_ready = anyio.Event()
 
     def add(self, request: _Request) -> None:
+        if self._queue:
+            request.shared = True
+            for other in self._queue:
+                other.shared = True
         self._queue.append(request)
         self._work_ready.set()
 
@@ -242,6 +257,10 @@ class _SlotPool:
             self._free.append(slot)
             self._released.set()
 
+    def allocated(self, slot: int) -> Slot | None:
+        """The BOs ``slot`` has now (None before its first use)."""
+        return self._buffers[slot]
+
     def buffers(self, slot: int, needs: dict[str, int]) -> Slot:
         """The BOs of held ``slot``, big enough for ``needs`` (bytes per buffer). Worker thread."""
         current = self._buffers[slot]
@@ -283,6 +302,12 @@ class Pipeline:
         host_path: plans may send a request to an exact product on the host.
         timeline: every stage of every batch, as spans, the newest ``max_spans`` kept
             (see :mod:`npu_pipeline.timeline`).
+        cost_model: what the stage spans taught about the profile's model, and
+            each recent request's predicted vs measured wall time
+            (:class:`~npu_pipeline.learning.CostLearner`; ``print(pipe.cost_model.format())``).
+            Plans are made with its corrections; a request whose measured wall
+            leaves ``learning.DRIFT_BAND`` of its prediction drops the cached
+            plan of its shape, so the next call of that shape plans again.
     """
 
     def __init__(
@@ -303,6 +328,9 @@ class Pipeline:
         self.latency_budget_s = latency_budget_s
         self.host_path = host_path
         self.timeline = Timeline(max_spans=max_spans)
+        self.cost_model = CostLearner(profile=profile.name)
+        # The uncorrected stage model per out dtype, that spans are compared with.
+        self._models: dict[str, Callable[[Batch], tuple[float, float, float]]] = {}
         # The tile shape of the contract's layout on this NPU generation (r, s, t).
         self._micro_tile = contract.target(profile.generation).micro_tile
         self._device = device
@@ -345,9 +373,11 @@ class Pipeline:
         return len(self._requests)
 
     def plan(self, m: int, k: int, n: int, out_dtype: Any = None) -> Plan:
-        """The plan ``matmul`` executes for an (m x k) @ (k x n) product (cached per shape).
+        """The plan ``matmul`` executes for an (m x k) @ (k x n) product.
 
         ``out_dtype`` as in :meth:`matmul` (``None``: the contract's output).
+        Cached per shape; made with :attr:`cost_model`'s corrections, and made
+        again after a request of the shape drifted from its prediction.
         """
         dtype = check_out_dtype(out_dtype, self.contract)
         key = (m, k, n, dtype.name)
@@ -363,7 +393,10 @@ class Pipeline:
                 out_dtype=dtype,
                 latency_budget_s=self.latency_budget_s,
                 host_path=self.host_path,
+                corrections=self.cost_model.corrections(),
             )
+            if dtype.name not in self._models:
+                self._models[dtype.name] = stage_model(self.contract, self.profile, dtype)
         return self._plans[key]
 
     async def matmul(
@@ -592,7 +625,7 @@ class Pipeline:
                     continue
                 work = _Work([picked], slot)
                 self._gather(work)
-                work.device_s = sum(self._run_s(b.block) * b.n_runs for _, b in work.batches)
+                work.device_s = sum(_planned_execute_s(r, b) for r, b in work.batches)
                 try:
                     await anyio.to_thread.run_sync(
                         self._pack_and_start, work, limiter=self._limiter
@@ -668,7 +701,27 @@ class Pipeline:
                 request.error = _detached(error)
             elif error is None and not request.stopped:
                 request.retired += 1
+            finished = request.done.is_set()
             request.maybe_finish()
+            if not finished and request.done.is_set() and not request.stopped:
+                self._check_prediction(request)
+
+    def _check_prediction(self, request: _Request) -> None:
+        """Keep a finished request's predicted vs measured wall time; drop its shape's
+        cached plan when the two drifted apart, so the next call plans again."""
+        plan = request.plan
+        if request.ended_at < request.started_at:
+            return  # no stage span: nothing measured
+        record = self.cost_model.record_request(
+            request.id,
+            plan.shape,
+            plan.estimate.wall_s,
+            request.ended_at - request.started_at,
+            shared=request.shared,
+        )
+        key = (*plan.shape, plan.out_dtype)
+        if record.replanned and self._plans.get(key) is plan:
+            del self._plans[key]
 
     # -- work done in worker threads ------------------------------------------------
 
@@ -676,11 +729,13 @@ class Pipeline:
         """Worker thread: size the slot, pack each batch into its runs' region, start them."""
         stride = self.contract.run_buffer_bytes(work.block)
         needs = {name: size * work.n_runs for name, size in stride.items()}
+        held = self._pool.allocated(work.slot)
         work.buffers = self._pool.buffers(work.slot, needs)
+        work.cold = work.buffers is not held
         first_runs = itertools.accumulate((batch.n_runs for _, batch in work.batches), initial=0)
         work.regions = [_Region(work.buffers, stride, run) for run in first_runs][:-1]
         for (request, batch), region in zip(work.batches, work.regions, strict=True):
-            with self.timeline.span(request.id, batch.index, "pack", work.slot):
+            with self._measured(work, request, batch, "pack"):
                 self._pack(request, batch, region)
         request, batch = work.batches[0]
         work.submitted_at = time.perf_counter()
@@ -730,9 +785,27 @@ class Pipeline:
         errors = self._wait(work)
         for (request, batch), region, error in zip(work.batches, work.regions, errors, strict=True):
             if error is None and not request.stopped:  # else leave C alone
-                with self.timeline.span(request.id, batch.index, "accumulate", work.slot):
+                with self._measured(work, request, batch, "accumulate"):
                     self._accumulate(request, batch, region)
         return errors
+
+    @contextlib.contextmanager
+    def _measured(self, work: _Work, request: _Request, batch: Batch, stage: str) -> Iterator[None]:
+        """Worker thread: time the block as ``stage`` of ``batch``; record the span, and
+        when the block did not raise, teach the cost model and the request's wall time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            self.timeline.record(Span(request.id, batch.index, stage, work.slot, start, end))
+        if stage == "pack":
+            request.started_at = min(request.started_at, start)
+            modelled = self._models[request.plan.out_dtype](batch)[0]
+        else:
+            request.ended_at = end
+            modelled = self._models[request.plan.out_dtype](batch)[2]
+        self.cost_model.observe(stage, batch.block, end - start, modelled, cold=work.cold)
 
     def _wait(self, work: _Work) -> list[BaseException | None]:
         """Worker thread: wait for the submission; on a fault, run again what only lost
@@ -757,6 +830,10 @@ class Pipeline:
         for request, batch in work.batches:
             self.timeline.record(Span(request.id, batch.index, "execute", work.slot, began, ended))
         if failure is None:
+            # One span covers the whole submission: compared with the sum of its
+            # batches' modelled times, which apportions it by the model.
+            modelled = sum(self._models[r.plan.out_dtype](b)[1] for r, b in work.batches)
+            self.cost_model.observe("execute", work.block, ended - began, modelled, cold=work.cold)
             return [None] * len(work.batches)
         if len(work.batches) == 1 and failure.state != _ABORT:
             return [failure]  # the device's own error already names this batch
@@ -842,6 +919,12 @@ class _Region:
     def view(self, name: str, dtype: Any) -> np.ndarray:
         """Buffer ``name`` from this batch's first byte on, as a flat ``dtype`` array."""
         return self.buffers.views[name][self.run * self.stride[name] :].view(dtype)
+
+
+def _planned_execute_s(request: _Request, batch: Batch) -> float:
+    """The execute seconds the plan predicts for ``batch`` (corrected as planned)."""
+    start, end = request.plan.schedule.execute[batch.index]
+    return end - start
 
 
 def _blame(failure: DeviceError, request: _Request, batch: Batch, shared: int) -> DeviceError:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ import numpy as np
 
 from npu_pipeline.contract import KernelContract, load_contract, shim_dma_problem
 from npu_pipeline.errors import PlanError, ShapeError, explain
+from npu_pipeline.learning import CostCorrections
 from npu_pipeline.operands import check_out_dtype
 from npu_pipeline.profiles import DeviceProfile, get_profile
 from npu_pipeline.reference import MAX_EXACT_K
@@ -500,13 +501,24 @@ def _axis_sizes(extent: int, granularity: int, cap: int) -> list[int]:
 
 
 class _Costs:
-    """Per-batch stage times of one (contract, profile, out dtype), memoised by batch shape."""
+    """Per-batch stage times of one (contract, profile, out dtype), memoised by batch shape.
 
-    def __init__(self, contract: KernelContract, profile: DeviceProfile, requantise: bool) -> None:
+    With ``corrections`` (learned measured/modelled factors) every stage time
+    is the profile's times that factor of its stage and run block.
+    """
+
+    def __init__(
+        self,
+        contract: KernelContract,
+        profile: DeviceProfile,
+        requantise: bool,
+        corrections: CostCorrections | None = None,
+    ) -> None:
         spec = contract.target(profile.generation)
         self.contract = contract
         self.profile = profile
         self.requantise = requantise
+        self.corrections = corrections
         self.core_tile = spec.core_tile
         # tile_pair kernels always run their one fixed tile (max_block == granularity).
         self.fixed_run = spec.max_block if contract.semantic == "tile_pair" else None
@@ -545,16 +557,39 @@ class _Costs:
                 # int8 output: the final batch of an output block also requantises
                 # its int32 accumulator, one more pass over it.
                 bytes_out += shape[0] * shape[2] * _ACC_ITEMSIZE
-            self._memo[key] = (
+            seconds = (
                 self.profile.pack_seconds(bytes_in),
                 self.profile.execute_seconds(self.contract, run, runs),
                 self.profile.accumulate_seconds(bytes_out),
             )
+            if self.corrections is not None:
+                seconds = self.corrections.apply(run, seconds)
+            self._memo[key] = seconds
         return self._memo[key]
 
 
 def _batch_count(axes: tuple[_Axis, _Axis, _Axis]) -> int:
     return math.prod(a.count for a in axes)
+
+
+def stage_model(
+    kernel: KernelContract, profile: DeviceProfile, out_dtype: Any = np.int32
+) -> Callable[[Batch], tuple[float, float, float]]:
+    """The profile's uncorrected (pack, execute, accumulate) seconds of a plan's batch.
+
+    What :func:`plan_batches` predicts for a batch without corrections: the
+    pipeline compares it with what it measures
+    (:class:`npu_pipeline.learning.CostLearner`). Memoised by batch shape;
+    safe to call from worker threads.
+    """
+    costs = _Costs(kernel, profile, requantise=check_out_dtype(out_dtype) != np.int32)
+
+    def seconds(batch: Batch) -> tuple[float, float, float]:
+        # A batch's padded region: its runs lie along k (one run for block_gemm).
+        m, k, n = batch.block
+        return costs.stage_seconds((m, k * batch.n_runs, n), batch.final)
+
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -708,18 +743,23 @@ def _candidates(
         ]
     profile = costs.profile
     dispatch = profile.device_time_scale * profile.queued_dispatch_s
+    # Corrected execute times can be shorter than the profile's: scale the
+    # bound down by the smallest execute factor, so it stays a bound.
+    lowest = 1.0 if costs.corrections is None else costs.corrections.lowest("execute")
     out = []
     for am in per_axis[0]:
         for ak in per_axis[1]:
             for an in per_axis[2]:
                 axes = (am, ak, an)
                 full = (am.size, ak.size, an.size)
-                bound = (
+                bound = lowest * (
                     _batch_count(axes) * profile.batch_overhead_s
                     + costs.total_runs(axes) * dispatch
                 )
                 run, runs = costs.run_block(full)
                 device_s = runs * profile.run_seconds(costs.contract, run, queued=True)
+                if costs.corrections is not None:
+                    device_s *= costs.corrections.factor("execute", run)
                 out.append(_Candidate(axes, sum(costs.io_bytes(full)), bound, device_s))
     return out
 
@@ -847,6 +887,7 @@ def plan_batches(
     out_dtype: Any = None,
     latency_budget_s: float | None = None,
     host_path: bool = True,
+    corrections: CostCorrections | None = None,
 ) -> Plan:
     """Plan ``C[M x N] = A[M x K] @ B[K x N]``: block shape, slots, batch order, estimate.
 
@@ -871,6 +912,9 @@ def plan_batches(
         host_path: allow the plan to choose an exact product on the host when
             the cost model says the device path is slower and the product
             takes at most the latency budget and :data:`HOST_PATH_MAX_S`.
+        corrections: measured/modelled factors per stage and run block
+            (:meth:`npu_pipeline.learning.CostLearner.corrections`) that every
+            stage time of the profile is multiplied by; ``None``: the profile as is.
 
     Returns:
         The plan with the lowest simulated wall time (ties: less memory),
@@ -890,7 +934,7 @@ def plan_batches(
     prof = get_profile(profile)
     slot_counts = _slot_choices(slots, prof)
     budget = _check_budget(prof.memory_budget_bytes if memory_budget is None else memory_budget)
-    costs = _Costs(contract, prof, requantise=dtype != np.int32)
+    costs = _Costs(contract, prof, requantise=dtype != np.int32, corrections=corrections)
 
     latency = check_latency_budget(latency_budget_s)
     candidates = _candidates(shape, contract, costs)

@@ -37,7 +37,7 @@ def run_example(name: str, *args: str) -> str:
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        ("whisper_encoder_layer.py", ["exact: True", "not on an NPU", "overlap efficiency"]),
+        ("whisper_encoder_layer.py", ["exact: True", "not on an NPU", "overlap report"]),
         ("concurrent_requests.py", ["exact: True", "finished while the large one"]),
         (
             "faults_and_cancellation.py",
@@ -66,3 +66,25 @@ def test_trace_and_plot_writes_its_files(tmp_path: Path) -> None:
 def test_plan_whisper_prints_the_modelled_table() -> None:
     out = run_example("plan_whisper.py", "--profile", "npu1")
     assert "encoder (6 layers" in out and "MODELLED" in out
+
+
+def test_cost_model_learning_runs_as_a_user_runs_it(tmp_path: Path) -> None:
+    """With the user's default, calibration on (its cache in a private folder), the
+    example prints the prediction error call by call and the learned factors."""
+    env = {k: v for k, v in os.environ.items() if k != "NPU_PIPELINE_CALIBRATION"}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "cost_model_learning.py"), "--small"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    out = done.stdout
+    assert "every result exact: True" in out and "profile cpu" in out
+    calls = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
+    assert [int(row[0]) for row in calls[:5]] == [1, 2, 3, 4, 5]
+    for row in calls[:5]:
+        assert float(row[2]) > 0 and float(row[4]) > 0  # predicted, measured (ms)
+    assert "execute" in out and "(other blocks)" in out and "measured/predicted" in out
