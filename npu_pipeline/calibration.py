@@ -3,7 +3,7 @@
 The emulated NPU runs on this host, so its speeds are this host's: how fast
 numba packs int8 blocks into a slot, how fast it folds int32 partials into C,
 and how fast the emulator's exact block product runs
-(``npu_pipeline.emulator._compute.exact_product``: float32 BLAS over K chunks
+(``npu_pipeline.exact.exact_product``: float32 BLAS over K chunks
 of at most 1024, exact for int8 data). A short
 measurement (well under 3 s once packing's kernels are compiled) finds them;
 the result is cached on disk under ``$XDG_CACHE_HOME/npu_pipeline/`` (default
@@ -69,6 +69,8 @@ _PACK_BLOCK = (2048, 2048)
 _ACC_BLOCK = (1024, 1024)
 _EXACT_BLOCK = (512, 1024, 512)
 _REPEAT = 15
+#: The host path's products are small (at most 2 ms): its rate is measured on one.
+_HOST_SHAPE = (256, 256, 256)
 _STREAM_RUNS = 20  # runs per timed stream of back-to-back runs
 
 #: A cached calibration older than this is measured again, seconds. Measuring
@@ -89,6 +91,9 @@ class Calibration:
     Attributes:
         pack_bytes_per_s: ``packing.pack_block`` output bytes per second.
         accumulate_bytes_per_s: ``packing.accumulate_block`` int32 bytes read per second.
+        host_ops_per_s: int8 ops per second of the host path's exact product
+            (:func:`npu_pipeline.exact.host_matmul`, single-threaded BLAS calls) on
+            a small product (:data:`_HOST_SHAPE`).
         exact_ops_per_s: int8 ops (2 per multiply-add) per second of the emulator's
             exact product (int8 -> float32 casts and float32 BLAS).
         dispatch_s: the emulated NPU's cost of one run beyond its compute, seconds:
@@ -109,6 +114,7 @@ class Calibration:
     pack_bytes_per_s: float
     accumulate_bytes_per_s: float
     exact_ops_per_s: float
+    host_ops_per_s: float
     dispatch_s: float
     queued_dispatch_s: float
     host: str
@@ -185,7 +191,7 @@ def measure() -> Calibration:
     """
     from npu_pipeline import packing
     from npu_pipeline.contract import load_contract
-    from npu_pipeline.exact import Scratch, exact_product
+    from npu_pipeline.exact import Scratch, exact_product, host_matmul
 
     contract = load_contract("gemm_i8_i32")
     r, s, t = contract.target(CPU.generation).micro_tile
@@ -224,10 +230,16 @@ def measure() -> Calibration:
 
     exact_s = median_seconds(exact, repeat=_REPEAT)
     exact_ops_per_s = 2 * m * k * n / exact_s
+    hm, hk, hn = _HOST_SHAPE
+    ha = rng.integers(-128, 128, size=(hm, hk), dtype=np.int8)
+    hb = rng.integers(-128, 128, size=(hk, hn), dtype=np.int8)
+    hc = np.empty((hm, hn), dtype=np.int32)
+    host_s = median_seconds(lambda: host_matmul(ha, hb, hc), repeat=3 * _REPEAT)
     return Calibration(
         pack_bytes_per_s=slot.nbytes / pack_s,
         accumulate_bytes_per_s=partial.nbytes / acc_s,
         exact_ops_per_s=exact_ops_per_s,
+        host_ops_per_s=2 * hm * hk * hn / host_s,
         **_emulator_dispatch_seconds(contract, exact_ops_per_s),
         host=host_key(),
         measured_at=time.time(),
@@ -303,13 +315,13 @@ def with_host_rates(base: DeviceProfile, calibration: Calibration) -> DeviceProf
     measured = {
         "pack_bytes_per_s": where,
         "accumulate_bytes_per_s": where,
-        "host_ops_per_s": f"{where}: exact float32 BLAS",
+        "host_ops_per_s": f"{where}: the host path's exact product of {_HOST_SHAPE}",
     }
     return dataclasses.replace(
         base,
         pack_bytes_per_s=calibration.pack_bytes_per_s,
         accumulate_bytes_per_s=calibration.accumulate_bytes_per_s,
-        host_ops_per_s=calibration.exact_ops_per_s,
+        host_ops_per_s=calibration.host_ops_per_s,
         sources=tuple((p, measured.get(p, s)) for p, s in base.sources),
     )
 

@@ -60,8 +60,30 @@ def _aligned(size: int, dtype: type) -> np.ndarray:
     return raw[skip : skip + size * itemsize].view(dtype)
 
 
+#: Most int8 ops (2 per multiply-add) one BLAS call of the emulated device
+#: computes: about 10 ms here. OpenBLAS runs one multi-threaded call at a
+#: time per process, and a second caller waits for the whole call in flight
+#: (measured here: a 256^3 product beside a 100 ms one in another thread
+#: waited up to 100 ms). Cut into row panels, a long run lets the host path's
+#: products, and the caller's own numpy, in between panels, for about 2% of
+#: its speed (panels of 512 rows of a 1536x1024x2048 product, measured).
+PANEL_OPS = 2**31
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, panel_ops: int | None) -> None:
+    """``out[...] = a @ b``, in row panels of about ``panel_ops`` ops each if given."""
+    m, k = a.shape
+    rows = m if panel_ops is None else max(1, panel_ops // max(1, 2 * k * b.shape[1]))
+    for r0 in range(0, m, rows):
+        np.matmul(a[r0 : r0 + rows], b, out=out[r0 : r0 + rows])
+
+
 def exact_product(
-    a: np.ndarray, b: np.ndarray, scratch: Scratch, out: np.ndarray | None = None
+    a: np.ndarray,
+    b: np.ndarray,
+    scratch: Scratch,
+    out: np.ndarray | None = None,
+    panel_ops: int | None = None,
 ) -> np.ndarray:
     """``a @ b`` for float32 matrices holding int8 values, exactly.
 
@@ -69,12 +91,13 @@ def exact_product(
     exact integers), else int32 (chunk sums added in int32); the result lives
     in ``scratch``. With ``out`` (an int32 array of the product's shape, or
     a view of the product's logical shape): the exact product is written
-    into it, and it is returned.
+    into it, and it is returned. With ``panel_ops``, each BLAS call computes
+    row panels of about that many ops (:data:`PANEL_OPS`).
     """
     (m, k), n = a.shape, b.shape[1]
     part = scratch.array("product", (m, n))
     if k <= K_CHUNK:
-        np.matmul(a, b, out=part)
+        _matmul(a, b, part, panel_ops)
         if out is None:
             return part
         np.copyto(out, part if out.ndim == 2 else part.reshape(out.shape), casting="unsafe")
@@ -82,13 +105,22 @@ def exact_product(
     acc = scratch.array("sum", (m, n), np.int32) if out is None else out
     chunk = part if acc.ndim == 2 else part.reshape(acc.shape)
     for k0 in range(0, k, K_CHUNK):
-        np.matmul(a[:, k0 : k0 + K_CHUNK], b[k0 : k0 + K_CHUNK], out=part)
+        _matmul(a[:, k0 : k0 + K_CHUNK], b[k0 : k0 + K_CHUNK], part, panel_ops)
         if k0 == 0:
             np.copyto(acc, chunk, casting="unsafe")
         else:
             np.add(acc, chunk, out=acc, casting="unsafe")  # exact: added in float64
     return acc
 
+
+#: Most int8 ops of one BLAS call of the host path: OpenBLAS runs a call this
+#: small on the calling thread alone (measured here: 64^3 calls never waited
+#: beside a long product in another thread; 128^3 ones did). Two threads
+#: calling multi-threaded BLAS at once slow each other down many times over
+#: (here, a 146 ms emulated product took 230-630 ms beside host-path
+#: products of 128^3 to 256^3); single-threaded panels leave the pool to the
+#: emulated device, or to the caller's own numpy.
+SINGLE_THREAD_OPS = 2**19
 
 _THREAD_SCRATCH = threading.local()
 
@@ -106,8 +138,10 @@ def host_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
 
     ``out`` is an int32 (M, N) array. Each operand is converted to float32
     once (into the calling thread's scratch), then multiplied exactly in K
-    chunks. Costs about ``2 * M * K * N / host_ops_per_s`` seconds plus a few
-    microseconds (:meth:`npu_pipeline.profiles.DeviceProfile.host_seconds`).
+    chunks, in row panels of at most :data:`SINGLE_THREAD_OPS` ops per BLAS
+    call, so it runs on the calling thread alone. Costs about ``2 * M * K * N
+    / host_ops_per_s`` seconds plus a few microseconds
+    (:meth:`npu_pipeline.profiles.DeviceProfile.host_seconds`).
     """
     (m, k), n = a.shape, b.shape[1]
     scratch = thread_scratch()
@@ -115,4 +149,4 @@ def host_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     b32 = scratch.array("b", (k, n))
     np.copyto(a32, a)
     np.copyto(b32, b)
-    return exact_product(a32, b32, scratch, out=out)
+    return exact_product(a32, b32, scratch, out=out, panel_ops=SINGLE_THREAD_OPS)

@@ -59,6 +59,7 @@ from npu_pipeline.learning import CostLearner
 from npu_pipeline.operands import check_operands, check_out, check_out_dtype
 from npu_pipeline.planner import (
     BATCHES_PER_BUDGET,
+    HOST_PATH_MAX_S,
     Batch,
     Plan,
     check_latency_budget,
@@ -168,7 +169,12 @@ class _Work:
 
 
 class _Scheduler:
-    """Round-robin over live requests at batch granularity."""
+    """Round-robin over live requests at batch granularity.
+
+    A new request joins the queue after the requests that have not had a
+    batch picked yet and before those that have: a request that arrives
+    while a large one runs is picked next, not after the large one's next turn.
+    """
 
     def __init__(self) -> None:
         self._queue: deque[_Request] = deque()
@@ -179,7 +185,10 @@ class _Scheduler:
             request.shared = True
             for other in self._queue:
                 other.shared = True
-        self._queue.append(request)
+        waiting = 0  # requests never picked yet, at the front of the queue
+        while waiting < len(self._queue) and self._queue[waiting].next_batch == 0:
+            waiting += 1
+        self._queue.insert(waiting, request)
         self._work_ready.set()
 
     def discard(self, request: _Request) -> None:
@@ -443,7 +452,7 @@ class Pipeline:
         else:
             check_out(out, (m, n), dtype, a, b)
         plan = self.plan(m, k, n, dtype)
-        if plan.path == "host":
+        if plan.path == "host" or self._host_beats_busy_device(plan):
             return await self._on_host(a, b, out, requant, plan)
         request = _Request(next(self._ids), a, b, out, plan, requant)
         self._requests.add(request)
@@ -465,19 +474,41 @@ class Pipeline:
             raise request.error
         return out
 
+    def _host_beats_busy_device(self, plan: Plan) -> bool:
+        """Whether the device's backlog makes the host path faster for this call.
+
+        The plan compares the host with an idle device. A request arriving
+        while the device has work started would wait for it too: when the
+        modelled backlog plus the device path is longer than the host
+        product, and the product is one the host path takes on
+        (:data:`~npu_pipeline.planner.HOST_PATH_MAX_S`, the latency budget),
+        the call goes to the host.
+        """
+        if not self.host_path or plan.host_s is None or not self._started:
+            return False
+        if plan.host_s > min(HOST_PATH_MAX_S, self.latency_budget_s):
+            return False
+        backlog = sum(work.device_s for work in self._started)
+        return plan.host_s < plan.estimate.wall_s + backlog
+
     async def _on_host(
         self, a: np.ndarray, b: np.ndarray, out: np.ndarray, requant: Any, plan: Plan
     ) -> np.ndarray:
-        """The exact product on the host, as the plan chose: on the event loop when
-        shorter than a thread hand-off, else in the host-path thread."""
+        """The exact product on the host: on the event loop when modelled shorter
+        than a thread hand-off, else in the host-path thread."""
         request = next(self._ids)
-        if plan.predicted_s <= INLINE_HOST_S:
+        started = time.perf_counter()
+        if plan.host_s <= INLINE_HOST_S:
             await anyio.lowlevel.checkpoint_if_cancelled()
             self._compute_on_host(request, a, b, out, requant)
         else:
             await anyio.to_thread.run_sync(
                 self._compute_on_host, request, a, b, out, requant, limiter=self._host_limiter
             )
+        # Kept beside the device requests' records, so that reports show its error too.
+        self.cost_model.record_request(
+            request, plan.shape, plan.host_s, time.perf_counter() - started
+        )
         return out
 
     def _compute_on_host(
@@ -610,13 +641,8 @@ class Pipeline:
                 await self._scheduler.wait_for_work()
                 slot = await self._pool.acquire()
                 # The latency budget: pick (round-robin) only once the device has
-                # room, so that a request arriving meanwhile is picked next. Two
-                # submissions may always be started, whatever their length: one
-                # running and one queued behind it keep the stages overlapping.
-                while (
-                    len(self._started) >= BATCHES_PER_BUDGET
-                    and sum(w.device_s for w in self._started) > self._queue_limit_s
-                ):
+                # room, so that a request arriving meanwhile is picked next.
+                while self._device_full():
                     self._device_freed = anyio.Event()
                     await self._device_freed.wait()
                 picked = self._scheduler.pick()
@@ -635,6 +661,21 @@ class Pipeline:
                     continue
                 self._started.append(work)
                 await send.send(work)
+
+    def _device_full(self) -> bool:
+        """Whether the work started and not yet retired leaves no room for another pick.
+
+        Room is half the latency budget (one more batch of a plan that fits
+        it). Past that, a second submission is still started behind one that
+        takes at most the whole budget, so that the stages keep overlapping;
+        behind a longer one (a plan that does not fit) nothing more is
+        started until it ends, so that a request arriving meanwhile waits for
+        one such batch, not two.
+        """
+        queued = sum(work.device_s for work in self._started)
+        if queued <= self._queue_limit_s:
+            return False
+        return len(self._started) >= BATCHES_PER_BUDGET or queued > self.latency_budget_s
 
     def _gather(self, work: _Work) -> None:
         """Add to ``work`` the next round-robin batches of its block shape, while they fit.

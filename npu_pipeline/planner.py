@@ -366,7 +366,7 @@ class Plan:
             f"{batch_grid} (m x k x n) = {len(self.batches)}, runs {self.n_runs}",
             f"  slots     {self.slots} x {_bytes(self.slot_bytes)} = "
             f"{_bytes(self.memory_bytes)} pinned of {_bytes(self.memory_budget)} budget",
-            f"  latency   {self._latency_line()}",
+            f"  latency   {self.latency_summary()}",
             f"  path      {self.path}: {self.path_reason}",
             "",
             f"  {'stage':<12}{'busy':>12}{'util':>8}",
@@ -401,7 +401,8 @@ class Plan:
         )
         return "\n".join(lines)
 
-    def _latency_line(self) -> str:
+    def latency_summary(self) -> str:
+        """The latency budget, the longest batch, and whether it fits (and at what cost)."""
         limit = self.latency_budget_s / BATCHES_PER_BUDGET
         head = (
             f"budget {_seconds(self.latency_budget_s)}; longest batch "

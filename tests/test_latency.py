@@ -26,7 +26,7 @@ GEMM = load_contract("gemm_i8_i32")
 
 def batch_device_seconds(plan, profile):
     """Modelled device seconds of every batch of ``plan``."""
-    return [b.n_runs * profile.run_seconds(GEMM, b.block) for b in plan.batches]
+    return [b.n_runs * profile.run_seconds(GEMM, b.block, queued=True) for b in plan.batches]
 
 
 # -- the planner ------------------------------------------------------------------

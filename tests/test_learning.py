@@ -341,7 +341,9 @@ async def test_a_poisoned_calibration_cache_is_corrected_while_running(calibrate
 def test_a_calibration_measured_under_load_or_long_ago_is_not_trusted():
     key = "host|x"
     now = 1e9
-    quiet = calibration.Calibration(1e9, 1e9, 1e9, 1e-4, 5e-5, key, now - 60, 0.1, load_per_cpu=0.1)
+    quiet = calibration.Calibration(
+        1e9, 1e9, 1e9, 1e9, 1e-4, 5e-5, key, now - 60, 0.1, load_per_cpu=0.1
+    )
     assert calibration.is_trusted(quiet, key, now, load=0.0)
     assert not calibration.is_trusted(quiet, "other|host", now, load=0.0)
     old = dataclasses.replace(quiet, measured_at=now - calibration.MAX_AGE_S - 1)
@@ -349,13 +351,13 @@ def test_a_calibration_measured_under_load_or_long_ago_is_not_trusted():
     busy = dataclasses.replace(quiet, load_per_cpu=2.0)
     assert not calibration.is_trusted(busy, key, now, load=0.2)  # quieter now: measure again
     assert calibration.is_trusted(busy, key, now, load=2.5)  # as busy now: no better to be had
-    unknown = calibration.Calibration(1e9, 1e9, 1e9, 1e-4, 5e-5, key, now - 60, 0.1)
+    unknown = calibration.Calibration(1e9, 1e9, 1e9, 1e9, 1e-4, 5e-5, key, now - 60, 0.1)
     assert not calibration.is_trusted(unknown, key, now, load=5.0)
 
 
 def test_an_old_format_cache_is_measured_again(calibrated, monkeypatch):
     fresh = calibration.Calibration(
-        7e9, 7e9, 7e9, 1e-4, 5e-5, calibration.host_key(), time.time(), 0.1, load_per_cpu=0.0
+        7e9, 7e9, 7e9, 7e9, 1e-4, 5e-5, calibration.host_key(), time.time(), 0.1, load_per_cpu=0.0
     )
     old = dataclasses.asdict(fresh)
     del old["load_per_cpu"]

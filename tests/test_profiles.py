@@ -207,12 +207,12 @@ def test_calibration_failure_falls_back_to_defaults(cache_dir, monkeypatch):
 
 
 def test_apply_replaces_only_the_measured_rates():
-    measured = calibration.Calibration(1e9, 2e9, 3e9, 4e-4, 5e-5, "host", 0.0, 0.1)
+    measured = calibration.Calibration(1e9, 2e9, 3e9, 6e9, 4e-4, 5e-5, "host", 0.0, 0.1)
     profile = calibration.apply(measured)
     assert (profile.pack_bytes_per_s, profile.accumulate_bytes_per_s) == (1e9, 2e9)
     assert profile.core_rate(GEMM) == 3e9 and profile.core_rate(TILE16) == 3e9
     assert profile.dispatch_s == 4e-4 and profile.queued_dispatch_s == 5e-5
-    assert profile.host_ops_per_s == 3e9  # the host path multiplies with the same BLAS
+    assert profile.host_ops_per_s == 6e9  # the host path, measured on its own
     assert (
         dataclasses.replace(
             profile,
@@ -229,10 +229,10 @@ def test_apply_replaces_only_the_measured_rates():
 
 
 def test_with_host_rates_keeps_the_device_model():
-    measured = calibration.Calibration(1e9, 2e9, 3e9, 4e-4, 5e-5, "host", 0.0, 0.1)
+    measured = calibration.Calibration(1e9, 2e9, 3e9, 6e9, 4e-4, 5e-5, "host", 0.0, 0.1)
     profile = calibration.with_host_rates(NPU1, measured)
     assert (profile.pack_bytes_per_s, profile.accumulate_bytes_per_s) == (1e9, 2e9)
-    assert profile.host_ops_per_s == 3e9
+    assert profile.host_ops_per_s == 6e9
     assert profile.core_ops_per_s == NPU1.core_ops_per_s
     assert profile.dispatch_s == NPU1.dispatch_s
     assert "measured on this host" in profile.source("pack_bytes_per_s")

@@ -24,7 +24,7 @@ import numpy as np
 from npu_pipeline.contract import KernelContract, OutputSpec
 from npu_pipeline.emulator._instructions import InstructionStream
 from npu_pipeline.errors import ContractError, explain
-from npu_pipeline.exact import K_CHUNK, Scratch, exact_product
+from npu_pipeline.exact import K_CHUNK, PANEL_OPS, Scratch, exact_product
 from npu_pipeline.reference import Rounding, Saturation, saturate, srs
 
 
@@ -155,9 +155,9 @@ def execute(
     out_spec = contract.output_buffer
     c = _logical(buffers[out_spec.name].view(out_spec.dtype), m, n, tile_c)
     if contract.output.dtype == "int8":
-        _narrow_into(exact_product(a, b, scratch), contract.output, c)
+        _narrow_into(exact_product(a, b, scratch, panel_ops=PANEL_OPS), contract.output, c)
     else:
-        exact_product(a, b, scratch, out=c)
+        exact_product(a, b, scratch, out=c, panel_ops=PANEL_OPS)
 
 
 def can_group(contract: KernelContract, stream: InstructionStream) -> bool:
