@@ -92,8 +92,8 @@ class Calibration:
         pack_bytes_per_s: ``packing.pack_block`` output bytes per second.
         accumulate_bytes_per_s: ``packing.accumulate_block`` int32 bytes read per second.
         host_ops_per_s: int8 ops per second of the host path's exact product
-            (:func:`npu_pipeline.exact.host_matmul`, single-threaded BLAS calls) on
-            a small product (:data:`_HOST_SHAPE`).
+            (:func:`npu_pipeline.exact.host_matmul`, whole BLAS calls, as on an
+            idle device) on a small product (:data:`_HOST_SHAPE`).
         exact_ops_per_s: int8 ops (2 per multiply-add) per second of the emulator's
             exact product (int8 -> float32 casts and float32 BLAS).
         dispatch_s: the emulated NPU's cost of one run beyond its compute, seconds:
@@ -234,7 +234,9 @@ def measure() -> Calibration:
     ha = rng.integers(-128, 128, size=(hm, hk), dtype=np.int8)
     hb = rng.integers(-128, 128, size=(hk, hn), dtype=np.int8)
     hc = np.empty((hm, hn), dtype=np.int32)
-    host_s = median_seconds(lambda: host_matmul(ha, hb, hc), repeat=3 * _REPEAT)
+    host_s = median_seconds(
+        lambda: host_matmul(ha, hb, hc, single_thread=False), repeat=3 * _REPEAT
+    )
     return Calibration(
         pack_bytes_per_s=slot.nbytes / pack_s,
         accumulate_bytes_per_s=partial.nbytes / acc_s,

@@ -113,8 +113,9 @@ def exact_product(
     return acc
 
 
-#: Most int8 ops of one BLAS call of the host path: OpenBLAS runs a call this
-#: small on the calling thread alone (measured here: 64^3 calls never waited
+#: Most int8 ops of one BLAS call of the host path while the device has work
+#: (``host_matmul(single_thread=True)``): OpenBLAS runs a call this small on
+#: the calling thread alone (measured here: 64^3 calls never waited
 #: beside a long product in another thread; 128^3 ones did). Two threads
 #: calling multi-threaded BLAS at once slow each other down many times over
 #: (here, a 146 ms emulated product took 230-630 ms beside host-path
@@ -133,14 +134,17 @@ def thread_scratch() -> Scratch:
     return scratch
 
 
-def host_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+def host_matmul(
+    a: np.ndarray, b: np.ndarray, out: np.ndarray, single_thread: bool = False
+) -> np.ndarray:
     """The exact int32 product of int8 matrices ``a`` (M, K) and ``b`` (K, N), into ``out``.
 
     ``out`` is an int32 (M, N) array. Each operand is converted to float32
     once (into the calling thread's scratch), then multiplied exactly in K
-    chunks, in row panels of at most :data:`SINGLE_THREAD_OPS` ops per BLAS
-    call, so it runs on the calling thread alone. Costs about ``2 * M * K * N
-    / host_ops_per_s`` seconds plus a few microseconds
+    chunks, in whole BLAS calls (on as many threads as BLAS takes), or with
+    ``single_thread`` in row panels of at most :data:`SINGLE_THREAD_OPS` ops
+    per call, so that it runs on the calling thread alone. Costs about ``2 * M * K * N /
+    host_ops_per_s`` seconds plus a few microseconds
     (:meth:`npu_pipeline.profiles.DeviceProfile.host_seconds`).
     """
     (m, k), n = a.shape, b.shape[1]
@@ -149,4 +153,5 @@ def host_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     b32 = scratch.array("b", (k, n))
     np.copyto(a32, a)
     np.copyto(b32, b)
-    return exact_product(a32, b32, scratch, out=out, panel_ops=SINGLE_THREAD_OPS)
+    panels = SINGLE_THREAD_OPS if single_thread else None
+    return exact_product(a32, b32, scratch, out=out, panel_ops=panels)

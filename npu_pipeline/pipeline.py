@@ -498,12 +498,22 @@ class Pipeline:
         than a thread hand-off, else in the host-path thread."""
         request = next(self._ids)
         started = time.perf_counter()
+        # Beside an emulated device's (or anyone's) BLAS call, a multi-threaded
+        # one stalls both: with work on the device, single-threaded panels.
+        beside_device = bool(self._started)
         if plan.host_s <= INLINE_HOST_S:
             await anyio.lowlevel.checkpoint_if_cancelled()
-            self._compute_on_host(request, a, b, out, requant)
+            self._compute_on_host(request, a, b, out, requant, beside_device)
         else:
             await anyio.to_thread.run_sync(
-                self._compute_on_host, request, a, b, out, requant, limiter=self._host_limiter
+                self._compute_on_host,
+                request,
+                a,
+                b,
+                out,
+                requant,
+                beside_device,
+                limiter=self._host_limiter,
             )
         # Kept beside the device requests' records, so that reports show its error too.
         self.cost_model.record_request(
@@ -512,13 +522,19 @@ class Pipeline:
         return out
 
     def _compute_on_host(
-        self, request: int, a: np.ndarray, b: np.ndarray, out: np.ndarray, requant: Any
+        self,
+        request: int,
+        a: np.ndarray,
+        b: np.ndarray,
+        out: np.ndarray,
+        requant: Any,
+        single_thread: bool,
     ) -> None:
         with self.timeline.span(request, 0, "host", HOST_SLOT):
             if requant is None:
-                host_matmul(a, b, out)
+                host_matmul(a, b, out, single_thread)
             else:
-                exact = host_matmul(a, b, np.empty(out.shape, dtype=np.int32))
+                exact = host_matmul(a, b, np.empty(out.shape, dtype=np.int32), single_thread)
                 packing.requantize(exact, out, requant.shift, requant.rounding, requant.saturation)
 
     async def aclose(self) -> None:

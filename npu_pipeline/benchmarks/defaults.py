@@ -7,7 +7,7 @@ controlled settings; this one measures what a caller sees.
 
 1. The pipeline against the bare exact product of the same matrices in the
    same process (int8 -> float32 casts plus BLAS, K chunked where it must be:
-   :func:`npu_pipeline.exact.host_matmul`), alternated call by call, as the
+   :func:`npu_pipeline.exact.host_matmul` in whole BLAS calls), alternated call by call, as the
    median of the pairs' ratios: 512^3 (goal <= 1.5x) and the Whisper shapes
    (goal <= 1.3x).
 2. The 64x64x64 median latency (goal <= 100 us).
@@ -69,12 +69,12 @@ async def _ratios(pipe: Pipeline, quick: bool, rows: list[Row], goals: list[Goal
         a, b = _random(rng, *shape)
         out = np.empty((shape[0], shape[2]), dtype=np.int32)
         bare_out = np.empty_like(out)
-        host_matmul(a, b, bare_out)  # warm both: BLAS threads, pages, the plan
+        host_matmul(a, b, bare_out, single_thread=False)  # warm both: BLAS threads, pages, the plan
         await _checked(pipe, a, b, out)
         ratios, bares, walls = [], [], []
         for _ in range(pairs):
             start = time.perf_counter()
-            host_matmul(a, b, bare_out)
+            host_matmul(a, b, bare_out, single_thread=False)
             bare = time.perf_counter() - start
             wall = await _checked(pipe, a, b, out)
             bares.append(bare)

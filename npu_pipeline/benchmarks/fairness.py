@@ -119,7 +119,7 @@ async def _scenario(
         growths, latencies, before = [], [], True
         for _ in range(pairs):
             alone = await _alone(pipe, a, b, out)
-            every = alone / (len(smalls) + 5)  # all issued while the large one runs
+            every = alone / (2 * len(smalls))  # all issued in the first half of the large one
             wall, lat, first = await _with_smalls(pipe, (a, b, out), smalls, every)
             growths.append(wall / alone)
             latencies += lat
