@@ -197,6 +197,8 @@ def test_keyboard_interrupt_exits_130_quietly():
     """A real SIGINT, delivered while the command runs."""
     prelude = (
         "import os, signal, time, npu_pipeline.cli as cli; "
+        # A terminal's Ctrl-C: a job started in the background inherits SIGINT ignored.
+        "signal.signal(signal.SIGINT, signal.default_int_handler); "
         "cli._cmd_plan = lambda args: os.kill(os.getpid(), signal.SIGINT) or time.sleep(30)"
     )
     done = npu_pipeline("plan", "64", "64", "64", prelude=prelude)
