@@ -30,7 +30,7 @@ _ALIGN = 64
 
 
 class Scratch:
-    """Work arrays of one device thread, each grown to the largest size asked for."""
+    """Work arrays of one thread, each grown to the largest size asked for."""
 
     def __init__(self) -> None:
         self._flat: dict[str, np.ndarray] = {}

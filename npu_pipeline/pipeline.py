@@ -59,11 +59,11 @@ from npu_pipeline.learning import CostLearner
 from npu_pipeline.operands import check_operands, check_out, check_out_dtype
 from npu_pipeline.planner import (
     BATCHES_PER_BUDGET,
-    HOST_PATH_MAX_S,
     Batch,
     Plan,
     check_latency_budget,
     check_slots,
+    host_path_cap_s,
     plan_batches,
     stage_model,
 )
@@ -353,7 +353,6 @@ class Pipeline:
         # yet retired leaves room for one more batch of the budget's share.
         self._queue_limit_s = latency_budget_s - latency_budget_s / BATCHES_PER_BUDGET
         self._device_freed = anyio.Event()
-        self._device_s: dict[tuple[int, int, int], float] = {}  # modelled seconds per run
         self._ids = itertools.count(1)
         self._plans: dict[tuple[int, int, int, str], Plan] = {}
         self._group_limits: dict[tuple[int, int, int], int] = {}  # runs per slot, by block
@@ -481,15 +480,13 @@ class Pipeline:
         while the device has work started would wait for it too: when the
         modelled backlog plus the device path is longer than the host
         product, and the product is one the host path takes on
-        (:data:`~npu_pipeline.planner.HOST_PATH_MAX_S`, the latency budget),
-        the call goes to the host.
+        (:func:`~npu_pipeline.planner.host_path_cap_s`), the call goes to the host.
         """
         if not self.host_path or plan.host_s is None or not self._started:
             return False
-        if plan.host_s > min(HOST_PATH_MAX_S, self.latency_budget_s):
+        if plan.host_s > host_path_cap_s(self.latency_budget_s):
             return False
-        backlog = sum(work.device_s for work in self._started)
-        return plan.host_s < plan.estimate.wall_s + backlog
+        return plan.host_s < plan.estimate.wall_s + self._backlog_s()
 
     async def _on_host(
         self, a: np.ndarray, b: np.ndarray, out: np.ndarray, requant: Any, plan: Plan
@@ -678,6 +675,10 @@ class Pipeline:
                 self._started.append(work)
                 await send.send(work)
 
+    def _backlog_s(self) -> float:
+        """Modelled device seconds of the work started and not yet retired."""
+        return sum(work.device_s for work in self._started)
+
     def _device_full(self) -> bool:
         """Whether the work started and not yet retired leaves no room for another pick.
 
@@ -688,7 +689,7 @@ class Pipeline:
         started until it ends, so that a request arriving meanwhile waits for
         one such batch, not two.
         """
-        queued = sum(work.device_s for work in self._started)
+        queued = self._backlog_s()
         if queued <= self._queue_limit_s:
             return False
         return len(self._started) >= BATCHES_PER_BUDGET or queued > self.latency_budget_s
@@ -722,17 +723,9 @@ class Pipeline:
             per_run = sum(self.contract.run_buffer_bytes(block).values())
             by_memory = self._pool.slot_budget // per_run
             seconds = min(CHAIN_BUDGET_S, self.latency_budget_s / BATCHES_PER_BUDGET)
-            by_time = int(seconds / self._run_s(block))
+            by_time = int(seconds / self.profile.run_seconds(self.contract, block, queued=True))
             limit = self._group_limits[block] = max(1, min(by_memory, by_time))
         return limit
-
-    def _run_s(self, block: tuple[int, int, int]) -> float:
-        """Modelled device seconds of one run of ``block``."""
-        seconds = self._device_s.get(block)
-        if seconds is None:
-            seconds = self.profile.run_seconds(self.contract, block, queued=True)
-            self._device_s[block] = seconds
-        return seconds
 
     async def _drain(self, receive: Any) -> None:
         """Wait for the oldest submission, fold its outputs into C, free its slot; repeat."""

@@ -1040,8 +1040,8 @@ def _path(
         reason = f"the host path is turned off (an exact host product would take {host})"
     elif host_s >= device_s:
         reason = f"the device path ({device}) beats an exact host product ({host})"
-    elif host_s > min(latency_budget_s, HOST_PATH_MAX_S):
-        cap = _seconds(min(latency_budget_s, HOST_PATH_MAX_S))
+    elif host_s > host_path_cap_s(latency_budget_s):
+        cap = _seconds(host_path_cap_s(latency_budget_s))
         reason = (
             f"an exact host product ({host}) would beat the device path ({device}), but it "
             f"would hold a host core for longer than {cap} in one piece"
@@ -1053,6 +1053,12 @@ def _path(
         )
         return {"path": "host", "host_s": host_s, "path_reason": reason}
     return {"path": "device", "host_s": host_s, "path_reason": reason}
+
+
+def host_path_cap_s(latency_budget_s: float) -> float:
+    """Longest exact product the host path takes on, seconds: :data:`HOST_PATH_MAX_S`,
+    and never longer than the latency budget."""
+    return min(latency_budget_s, HOST_PATH_MAX_S)
 
 
 def check_latency_budget(value: Any) -> float:

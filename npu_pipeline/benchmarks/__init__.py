@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Row:
@@ -107,3 +109,17 @@ def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def random_operands(
+    rng: np.random.Generator, m: int, k: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform int8 operands A (m x k) and B (k x n), the whole range included."""
+    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+    return a, b
+
+
+def shape_name(shape: tuple[int, int, int]) -> str:
+    """``"MxKxN"``, as rows name a product."""
+    return "x".join(map(str, shape))

@@ -24,7 +24,7 @@ import time
 import anyio
 import numpy as np
 
-from npu_pipeline.benchmarks import Goal, Row, Section
+from npu_pipeline.benchmarks import Goal, Row, Section, random_operands, shape_name
 from npu_pipeline.exact import host_matmul
 from npu_pipeline.pipeline import Pipeline, open_pipeline
 from npu_pipeline.reference import matmul_exact_blas
@@ -42,16 +42,6 @@ PREDICTED_SHAPES = ((1500, 512, 2048), (1024, 1024, 1024))
 PREDICTION_FACTOR = 1.25
 
 
-def _random(rng: np.random.Generator, m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
-    return a, b
-
-
-def _name(shape: tuple[int, int, int]) -> str:
-    return "x".join(map(str, shape))
-
-
 async def _checked(pipe: Pipeline, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> float:
     """Seconds of ``pipe.matmul(a, b, out=out)``, its result checked exactly."""
     start = time.perf_counter()
@@ -66,7 +56,7 @@ async def _ratios(pipe: Pipeline, quick: bool, rows: list[Row], goals: list[Goal
     rng = np.random.default_rng(11)
     pairs = 3 if quick else 9
     for shape, target in RATIO_GOALS[:2] if quick else RATIO_GOALS:
-        a, b = _random(rng, *shape)
+        a, b = random_operands(rng, *shape)
         out = np.empty((shape[0], shape[2]), dtype=np.int32)
         bare_out = np.empty_like(out)
         host_matmul(a, b, bare_out, single_thread=False)  # warm both: BLAS threads, pages, the plan
@@ -81,7 +71,7 @@ async def _ratios(pipe: Pipeline, quick: bool, rows: list[Row], goals: list[Goal
             walls.append(wall)
             ratios.append(wall / bare)
         plan = pipe.plan(*shape)
-        name = _name(shape)
+        name = shape_name(shape)
         rows += [
             Row(f"{name} bare exact product", statistics.median(bares) * 1e3, "ms", "measured"),
             Row(
@@ -98,7 +88,7 @@ async def _ratios(pipe: Pipeline, quick: bool, rows: list[Row], goals: list[Goal
 
 async def _latency(pipe: Pipeline, quick: bool, rows: list[Row], goals: list[Goal]) -> None:
     rng = np.random.default_rng(12)
-    a, b = _random(rng, 64, 64, 64)
+    a, b = random_operands(rng, 64, 64, 64)
     out = np.empty((64, 64), dtype=np.int32)
     await _checked(pipe, a, b, out)
     samples = []
@@ -120,7 +110,7 @@ async def _predictions(pipe: Pipeline, quick: bool, rows: list[Row], goals: list
     rng = np.random.default_rng(13)
     calls = 3 if quick else 6
     for shape in PREDICTED_SHAPES:
-        a, b = _random(rng, *shape)
+        a, b = random_operands(rng, *shape)
         out = np.empty((shape[0], shape[2]), dtype=np.int32)
         ratios = []
         for call in range(calls):
@@ -129,7 +119,7 @@ async def _predictions(pipe: Pipeline, quick: bool, rows: list[Row], goals: list
             ratios.append(measured / predicted)
             rows.append(
                 Row(
-                    f"{_name(shape)} call {call + 1}: measured / predicted wall",
+                    f"{shape_name(shape)} call {call + 1}: measured / predicted wall",
                     measured / predicted,
                     "x",
                     f"predicted {predicted * 1e3:.2f} ms",
@@ -139,7 +129,7 @@ async def _predictions(pipe: Pipeline, quick: bool, rows: list[Row], goals: list
         worst = max(max(r, 1 / r) for r in ratios[1:])
         goals.append(
             Goal(
-                f"{_name(shape)} prediction off by (worst factor, calls 2..{calls})",
+                f"{shape_name(shape)} prediction off by (worst factor, calls 2..{calls})",
                 worst,
                 PREDICTION_FACTOR,
                 False,

@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from npu_pipeline.benchmarks import Goal, Row, Section
+from npu_pipeline.benchmarks import Goal, Row, Section, random_operands
 from npu_pipeline.calibration import keep_up_factor
 from npu_pipeline.pipeline import Pipeline, open_pipeline
 from npu_pipeline.planner import plan_batches
@@ -45,12 +45,6 @@ SMALL_COUNT = 20
 #: Goals: p99 of the small requests, seconds; growth of the large one's wall.
 SMALL_P99_S = 0.020
 LARGE_GROWTH = 1.10
-
-
-def _random(rng: np.random.Generator, m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
-    return a, b
 
 
 def _check(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
@@ -108,9 +102,11 @@ async def _scenario(
 ) -> None:
     """One scenario's rows, and its goals unless ``goals`` is None (then reported as rows)."""
     rng = np.random.default_rng(21)
-    a, b = _random(rng, *LARGE)
+    a, b = random_operands(rng, *LARGE)
     out = np.empty((LARGE[0], LARGE[2]), dtype=np.int32)
-    smalls = [_random(rng, e, e, e) for e in SMALL_EDGES * (SMALL_COUNT // len(SMALL_EDGES))]
+    smalls = [
+        random_operands(rng, e, e, e) for e in SMALL_EDGES * (SMALL_COUNT // len(SMALL_EDGES))
+    ]
     async with open_pipeline(**options) as pipe:
         plan = pipe.plan(*LARGE)
         for sa, sb in smalls[: len(SMALL_EDGES)]:  # warm: every small shape planned once
@@ -152,7 +148,7 @@ async def _scenario(
 async def _cut_cost(pairs: int, rows: list[Row]) -> None:
     """The large request's wall with the default latency budget against no budget."""
     rng = np.random.default_rng(22)
-    a, b = _random(rng, *LARGE)
+    a, b = random_operands(rng, *LARGE)
     out = np.empty((LARGE[0], LARGE[2]), dtype=np.int32)
     async with open_pipeline() as cut, open_pipeline(latency_budget_s=math.inf) as whole:
         for pipe in (cut, whole):
@@ -198,7 +194,7 @@ async def _cancel_after(pipe: Pipeline, a: np.ndarray, b: np.ndarray, after_s: f
 async def _cancellation(rows: list[Row]) -> None:
     """How long a cancelled large request takes to return (its runs in flight end first)."""
     rng = np.random.default_rng(23)
-    a, b = _random(rng, *LARGE)
+    a, b = random_operands(rng, *LARGE)
     async with open_pipeline() as pipe:
         delays = [await _cancel_after(pipe, a, b, after) for after in (0.01, 0.03, 0.06)]
         if pipe.slots_in_use or pipe.active_requests:

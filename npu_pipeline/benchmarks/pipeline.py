@@ -36,7 +36,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from npu_pipeline import emulator
-from npu_pipeline.benchmarks import Goal, Row, Section, median_seconds
+from npu_pipeline.benchmarks import Goal, Row, Section, median_seconds, random_operands, shape_name
 from npu_pipeline.calibration import Calibration, apply, load_or_measure, with_host_rates
 from npu_pipeline.contract import load_contract
 from npu_pipeline.device import NpuDevice
@@ -72,12 +72,6 @@ FAST_EMULATOR = {"detect_mapped_writes": False}
 DEVICE_BLAS_THREADS = 1
 
 
-def _random(rng: np.random.Generator, m: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
-    return a, b
-
-
 def _bare_exact(a: np.ndarray, b: np.ndarray, scratch: Scratch) -> np.ndarray:
     """The emulator's exact compute on the whole product: int8 -> float32, chunked BLAS."""
     return exact_product(a.astype(np.float32), b.astype(np.float32), scratch)
@@ -93,10 +87,6 @@ async def _median_wall(fn: Callable[[], Awaitable[object]], repeat: int) -> floa
     return statistics.median(samples)
 
 
-def _shape(shape: tuple[int, int, int]) -> str:
-    return "x".join(map(str, shape))
-
-
 async def _untimed(host: DeviceProfile, quick: bool, rows: list[Row], goals: list[Goal]) -> None:
     rng = np.random.default_rng(1)
     repeat = 3 if quick else 7
@@ -105,7 +95,7 @@ async def _untimed(host: DeviceProfile, quick: bool, rows: list[Row], goals: lis
         device="emulator", profile=host, host_path=False, device_options=FAST_EMULATOR
     ) as pipe:
         for shape in WHISPER_SHAPES:
-            a, b = _random(rng, *shape)
+            a, b = random_operands(rng, *shape)
             c = await pipe.matmul(a, b)
             if not np.array_equal(c, matmul_exact_blas(a, b)):
                 raise RuntimeError(f"pipeline result for {shape} is not exact")
@@ -114,7 +104,7 @@ async def _untimed(host: DeviceProfile, quick: bool, rows: list[Row], goals: lis
             )
             wall = await _median_wall(lambda a=a, b=b: pipe.matmul(a, b), repeat)
             predicted = pipe.plan(*shape).estimate.wall_s
-            name = _shape(shape)
+            name = shape_name(shape)
             rows += [
                 Row(f"{name} bare exact compute", bare * 1e3, "ms", "measured, int8->f32 + BLAS"),
                 Row(f"{name} pipeline", wall * 1e3, "ms", f"measured, {pipe.slots} slots"),
@@ -131,7 +121,7 @@ async def _timed(calibration: Calibration, quick: bool, rows: list[Row], goals: 
     profile = with_host_rates(NPU1, calibration).slowed(SLOWDOWN)
     shapes = WHISPER_SHAPES[1:2] if quick else WHISPER_SHAPES
     for shape in shapes:
-        a, b = _random(rng, *shape)
+        a, b = random_operands(rng, *shape)
         eta = {}
         for slots in (1, 2):
             async with open_pipeline(
@@ -156,7 +146,7 @@ async def _timed(calibration: Calibration, quick: bool, rows: list[Row], goals: 
                 plan = pipe.plan(*shape)
                 measured_eta = pipe.timeline.overlap_efficiency()  # None: nothing could overlap
                 eta[slots] = float("nan") if measured_eta is None else measured_eta
-                name = f"{_shape(shape)} {profile.name}, {slots} slot(s)"
+                name = f"{shape_name(shape)} {profile.name}, {slots} slot(s)"
                 note = "MODELLED device time (emulator timed by the slowed npu1 model)"
                 rows += [
                     Row(f"{name}: wall", wall * 1e3, "ms", note),
@@ -165,13 +155,13 @@ async def _timed(calibration: Calibration, quick: bool, rows: list[Row], goals: 
                 ]
                 goals.append(
                     Goal(
-                        f"{_shape(shape)} timed, {slots} slot(s): |predicted/measured - 1|",
+                        f"{shape_name(shape)} timed, {slots} slot(s): |predicted/measured - 1|",
                         abs(plan.estimate.wall_s / wall - 1),
                         0.15,
                         False,
                     )
                 )
-        goals.append(Goal(f"{_shape(shape)} timed, 2 slots: overlap efficiency", eta[2], 0.9))
+        goals.append(Goal(f"{shape_name(shape)} timed, 2 slots: overlap efficiency", eta[2], 0.9))
 
 
 def _npu1_prediction(calibration: Calibration, rows: list[Row]) -> None:
@@ -180,7 +170,7 @@ def _npu1_prediction(calibration: Calibration, rows: list[Row]) -> None:
         estimate = plan_batches(*shape, profile=profile).estimate
         rows.append(
             Row(
-                f"{_shape(shape)} on a real npu1",
+                f"{shape_name(shape)} on a real npu1",
                 estimate.wall_s * 1e3,
                 "ms",
                 f"MODELLED (this host's pack/accumulate rates), bound by {estimate.bound}, "
@@ -191,7 +181,7 @@ def _npu1_prediction(calibration: Calibration, rows: list[Row]) -> None:
 
 async def _latency(quick: bool, rows: list[Row], goals: list[Goal]) -> None:
     rng = np.random.default_rng(3)
-    a, b = _random(rng, 64, 64, 64)
+    a, b = random_operands(rng, 64, 64, 64)
     count = 50 if quick else 300
     async with open_pipeline(
         device="emulator", host_path=False, device_options=FAST_EMULATOR
@@ -266,7 +256,7 @@ def _seed_loop(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 async def _seed_baseline(quick: bool, rows: list[Row], goals: list[Goal]) -> None:
     size = 128 if quick else 512
     rng = np.random.default_rng(4)
-    a, b = _random(rng, size, size, size)
+    a, b = random_operands(rng, size, size, size)
     start = time.perf_counter()
     seed = await anyio.to_thread.run_sync(_seed_loop, a, b)
     t_seed = time.perf_counter() - start
@@ -305,7 +295,7 @@ async def _seed_baseline(quick: bool, rows: list[Row], goals: list[Goal]) -> Non
 async def _concurrency(quick: bool, rows: list[Row], goals: list[Goal]) -> None:
     rng = np.random.default_rng(5)
     count = 32
-    inputs = [_random(rng, 256, 256, 256) for _ in range(count)]
+    inputs = [random_operands(rng, 256, 256, 256) for _ in range(count)]
     big_a = np.concatenate([a for a, _ in inputs])  # same total work: 8192x256 @ 256x256
     big_b = inputs[0][1]
     async with open_pipeline(
@@ -422,8 +412,8 @@ def _device_ceiling(
 
 async def _small_during_large(pipe: Pipeline, rng: np.random.Generator, count: int) -> float:
     """p99 latency of 64x64x64 requests issued one after another during a large one."""
-    big_a, big_b = _random(rng, 1500, 2048, 512)
-    small_a, small_b = _random(rng, 64, 64, 64)
+    big_a, big_b = random_operands(rng, 1500, 2048, 512)
+    small_a, small_b = random_operands(rng, 64, 64, 64)
     latencies: list[float] = []
     async with anyio.create_task_group() as group:
 
