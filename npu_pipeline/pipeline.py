@@ -652,12 +652,14 @@ class Pipeline:
         async with send:
             while True:
                 await self._scheduler.wait_for_work()
-                slot = await self._pool.acquire()
                 # The latency budget: pick (round-robin) only once the device has
                 # room, so that a request arriving meanwhile is picked next.
                 while self._device_full():
                     self._device_freed = anyio.Event()
                     await self._device_freed.wait()
+                # Taken only now, so that no slot is held without a batch: only
+                # the feed starts work, so the device cannot fill up meanwhile.
+                slot = await self._pool.acquire()
                 picked = self._scheduler.pick()
                 if picked is None:
                     self._pool.release(slot)
