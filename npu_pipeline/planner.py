@@ -72,7 +72,7 @@ MAX_BATCHES = 2**17
 #: new batch, by default (``latency_budget_s``). A few milliseconds: short
 #: enough that a small request issued during a large one finishes within a
 #: few budgets, long enough that a run's fixed costs (dispatch, hand-offs,
-#: 45-330 us on the NPUs modelled) stay a small share of it.
+#: 52-160 us on the NPUs modelled) stay a small share of it.
 DEFAULT_LATENCY_BUDGET_S = 0.004
 
 #: Batches of one request that fit the latency budget together: one running

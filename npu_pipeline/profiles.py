@@ -288,6 +288,13 @@ class DeviceProfile:
     restreams_operands: bool = True
     sources: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        # One rate per contract and one source per parameter, the last given
+        # winning (as core_rate() and source() read them): a profile then
+        # equals the one its JSON form describes.
+        for name in ("core_ops_per_s", "sources"):
+            object.__setattr__(self, name, tuple(dict(getattr(self, name)).items()))
+
     # -- timing model ---------------------------------------------------------
 
     def core_rate(self, contract: KernelContract) -> float:
@@ -584,14 +591,6 @@ def _unit(name: str) -> str:
     return "ops/s" if name.startswith("core_ops_per_s") else _UNITS.get(name, "")
 
 
-def _sources(*groups: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """``(parameter, source)`` pairs merged in order: a later pair replaces an earlier one."""
-    merged: dict[str, str] = {}
-    for group in groups:
-        merged.update(group)
-    return tuple(merged.items())
-
-
 _BUDGET_SOURCE = (
     "assumption: half of the default RLIMIT_MEMLOCK of Linux >= 5.16 (8 MiB), leaving room "
     "for instruction BOs and other pinned users; NPU BOs are pinned host memory that counts "
@@ -676,32 +675,29 @@ NPU1 = DeviceProfile(
         ("tile16_legacy", _NPU1_IRON_OPS / _NPU1_CORES),
     ),
     **_HOST_DEFAULTS,
-    sources=_sources(
-        _COMMON_SOURCES,
-        _HOST_SOURCES,
+    sources=(
+        *_COMMON_SOURCES,
+        *_HOST_SOURCES,
         (
-            (
-                "compute_cores",
-                "4 x 4 compute cores (mlir-aie device model; "
-                "docs/hardware-facts.md#array-geometry)",
-            ),
-            ("dispatch_s", f"single-run latency on Phoenix, 159.5 us, from {_XRT_SMI}"),
-            (
-                "queued_dispatch_s",
-                f"derived: about 6.3k runs/s with runs in flight on Phoenix, from {_XRT_SMI}: "
-                "1/6300 s a run, no faster than its single-run latency",
-            ),
-            (
-                "dma_bytes_per_s",
-                "derived: the npu2 fit scaled by shim columns 4/8 (assumption: no Phoenix "
-                "figure that separates DMA from compute)",
-            ),
-            (
-                "core_ops_per_s[gemm_i8_i32]",
-                f"derived: 6.76 TOPS on XDNA / 16 cores, from {_IRON_PAPER}; {_PEAK_TO_CORE}",
-            ),
-            ("core_ops_per_s[tile16_legacy]", _TILE16_SOURCE),
+            "compute_cores",
+            "4 x 4 compute cores (mlir-aie device model; docs/hardware-facts.md#array-geometry)",
         ),
+        ("dispatch_s", f"single-run latency on Phoenix, 159.5 us, from {_XRT_SMI}"),
+        (
+            "queued_dispatch_s",
+            f"derived: about 6.3k runs/s with runs in flight on Phoenix, from {_XRT_SMI}: "
+            "1/6300 s a run, no faster than its single-run latency",
+        ),
+        (
+            "dma_bytes_per_s",
+            "derived: the npu2 fit scaled by shim columns 4/8 (assumption: no Phoenix "
+            "figure that separates DMA from compute)",
+        ),
+        (
+            "core_ops_per_s[gemm_i8_i32]",
+            f"derived: 6.76 TOPS on XDNA / 16 cores, from {_IRON_PAPER}; {_PEAK_TO_CORE}",
+        ),
+        ("core_ops_per_s[tile16_legacy]", _TILE16_SOURCE),
     ),
 )
 
@@ -718,25 +714,22 @@ NPU2 = dataclasses.replace(
         ("gemm_i8_i32", _NPU2_IRON_OPS / _NPU2_CORES),
         ("tile16_legacy", _NPU2_IRON_OPS / _NPU2_CORES),
     ),
-    sources=_sources(
-        NPU1.sources,
+    sources=(
+        *NPU1.sources,
         (
-            (
-                "compute_cores",
-                "8 x 4 compute cores (mlir-aie device model; "
-                "docs/hardware-facts.md#array-geometry)",
-            ),
-            ("dispatch_s", f"single-run latency on Strix Halo, 52 us, from {_XRT_SMI}"),
-            (
-                "queued_dispatch_s",
-                f"derived: 78,771 runs/s with runs in flight on Strix Halo, from {_XRT_SMI}: "
-                "about 12.7 us a run",
-            ),
-            ("dma_bytes_per_s", _NPU2_DMA_SOURCE),
-            (
-                "core_ops_per_s[gemm_i8_i32]",
-                f"derived: 38.05 TOPS on XDNA2 / 32 cores, from {_IRON_PAPER}; {_PEAK_TO_CORE}",
-            ),
+            "compute_cores",
+            "8 x 4 compute cores (mlir-aie device model; docs/hardware-facts.md#array-geometry)",
+        ),
+        ("dispatch_s", f"single-run latency on Strix Halo, 52 us, from {_XRT_SMI}"),
+        (
+            "queued_dispatch_s",
+            f"derived: 78,771 runs/s with runs in flight on Strix Halo, from {_XRT_SMI}: "
+            "about 12.7 us a run",
+        ),
+        ("dma_bytes_per_s", _NPU2_DMA_SOURCE),
+        (
+            "core_ops_per_s[gemm_i8_i32]",
+            f"derived: 38.05 TOPS on XDNA2 / 32 cores, from {_IRON_PAPER}; {_PEAK_TO_CORE}",
         ),
     ),
 )
@@ -769,33 +762,31 @@ CPU = dataclasses.replace(
     accumulate_bytes_per_s=CPU_DEFAULTS["accumulate_bytes_per_s"],
     # The host path and the emulated device compute with the same BLAS.
     host_ops_per_s=CPU_DEFAULTS["exact_ops_per_s"],
-    sources=_sources(
-        _COMMON_SOURCES,
+    sources=(
+        *_COMMON_SOURCES,
+        ("host_call_s", dict(_HOST_PRODUCT_SOURCES)["host_call_s"]),
+        ("compute_cores", "design: the emulator computes a whole block at once (BLAS)"),
+        ("memory_budget_bytes", "design: emulated BOs are ordinary (unpinned) host memory"),
+        ("dispatch_s", "assumption: emulator submit -> worker thread -> completion"),
         (
-            ("host_call_s", dict(_HOST_PRODUCT_SOURCES)["host_call_s"]),
-            ("compute_cores", "design: the emulator computes a whole block at once (BLAS)"),
-            ("memory_budget_bytes", "design: emulated BOs are ordinary (unpinned) host memory"),
-            ("dispatch_s", "assumption: emulator submit -> worker thread -> completion"),
-            (
-                "queued_dispatch_s",
-                "default (calibration off): assumption, the emulator's device thread between runs",
-            ),
-            ("dma_bytes_per_s", "assumption: host memcpy into and out of emulated BOs"),
-            ("restreams_operands", "design: the emulator copies each buffer once"),
-            ("pack_bytes_per_s", "default (calibration off): assumption, shared host core"),
-            ("accumulate_bytes_per_s", "default (calibration off): assumption, shared host core"),
-            (
-                "core_ops_per_s[gemm_i8_i32]",
-                "default (calibration off): float32 BLAS, assumption",
-            ),
-            (
-                "core_ops_per_s[tile16_legacy]",
-                "default (calibration off): float32 BLAS, assumption",
-            ),
-            ("host_ops_per_s", "default (calibration off): float32 BLAS, assumption"),
-            ("batch_overhead_s", _HANDOFF_SOURCE),
-            ("seed_call_host_s", _SEED_HOST_SOURCE),
+            "queued_dispatch_s",
+            "default (calibration off): assumption, the emulator's device thread between runs",
         ),
+        ("dma_bytes_per_s", "assumption: host memcpy into and out of emulated BOs"),
+        ("restreams_operands", "design: the emulator copies each buffer once"),
+        ("pack_bytes_per_s", "default (calibration off): assumption, shared host core"),
+        ("accumulate_bytes_per_s", "default (calibration off): assumption, shared host core"),
+        (
+            "core_ops_per_s[gemm_i8_i32]",
+            "default (calibration off): float32 BLAS, assumption",
+        ),
+        (
+            "core_ops_per_s[tile16_legacy]",
+            "default (calibration off): float32 BLAS, assumption",
+        ),
+        ("host_ops_per_s", "default (calibration off): float32 BLAS, assumption"),
+        ("batch_overhead_s", _HANDOFF_SOURCE),
+        ("seed_call_host_s", _SEED_HOST_SOURCE),
     ),
 )
 

@@ -344,6 +344,19 @@ def test_a_profile_file_reads_back_equal(profile):
     assert back.run_seconds(GEMM, (512, 512, 512)) == profile.run_seconds(GEMM, (512, 512, 512))
 
 
+def test_a_later_source_or_rate_replaces_an_earlier_one_so_files_read_back_equal():
+    mine = dataclasses.replace(
+        NPU1,
+        sources=(*NPU1.sources, ("dispatch_s", "measured on my laptop")),
+        core_ops_per_s=(*NPU1.core_ops_per_s, ("gemm_i8_i32", 1e11)),
+    )
+    assert mine.source("dispatch_s") == "measured on my laptop"
+    assert mine.core_rate(GEMM) == 1e11
+    assert len(mine.sources) == len(NPU1.sources)
+    assert [name for name, _ in mine.core_ops_per_s] == ["gemm_i8_i32", "tile16_legacy"]
+    assert DeviceProfile.from_json(mine.to_json()) == mine
+
+
 def test_a_profile_file_is_found_by_path_str_or_pathlike(tmp_path):
     path = tmp_path / "my-npu.json"
     path.write_text(calibrated_npu1().to_json())
