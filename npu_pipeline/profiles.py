@@ -96,6 +96,11 @@ _TYPICAL_MEMLOCK = 8 * 1024 * 1024
 ANCHOR_BAND = 0.15
 
 
+def _ops(block: tuple[int, int, int]) -> int:
+    m, k, n = block
+    return 2 * m * k * n
+
+
 @dataclass(frozen=True)
 class Anchor:
     """A public figure a shipped profile is fitted to, and how the model gives it back.
@@ -125,16 +130,10 @@ class Anchor:
         if self.kind == "peak":
             return profile.compute_cores * profile.core_rate(contract)
         if self.kind == "run":
-            m, k, n = self.block
-            return 2 * m * k * n / profile.run_seconds(contract, self.block)
+            return _ops(self.block) / profile.run_seconds(contract, self.block)
         if self.kind == "latency":
             return profile.device_time_scale * profile.dispatch_s
         return profile.device_time_scale * profile.queued_dispatch_s
-
-
-def _ops(block: tuple[int, int, int]) -> int:
-    m, k, n = block
-    return 2 * m * k * n
 
 
 #: Every public figure the npu1 and npu2 profiles are fitted to. The three
