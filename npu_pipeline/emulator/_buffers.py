@@ -158,7 +158,7 @@ class Storage:
         self.device = np.zeros(size, dtype=np.uint8)
         self.state = state
         self.mapped = False
-        self.views: list[weakref.ref] = []  # the map() views handed out
+        self.views: list[weakref.ref] = []  # exporters of the map() views handed out
         self.bos = 0  # live bo objects (the root and its sub-buffers) on this storage
         self.address = _allocate_address(size)
         self.readers: list[Use] = []
@@ -436,24 +436,29 @@ class bo:
 
     # -- pyxrt API -----------------------------------------------------------
 
-    def write(self, data: Any, seek: int) -> None:
-        """Copy ``data`` (any contiguous buffer) into the host bytes at byte ``seek``."""
+    def write(self, data: Any, *seek: int) -> None:
+        """``write(data, seek)``: copy ``data`` (a contiguous buffer) into the host bytes
+        at byte ``seek``."""
+        if len(seek) != 1:
+            raise _no_overload("write()", ("write(self: bo, arg0: buffer, arg1: int)",))
         src = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
         storage = self._storage
         check_dangling(storage.state)
-        start, end = self._range(src.size, int(seek), "write")
+        start, end = self._range(src.size, int(seek[0]), "write")
         storage.check_host_access(start, end, "write")
         self._copy(storage.host[start:end], src)
 
-    def read(self, size: int, skip: int) -> np.ndarray:
-        """A copy of ``size`` host bytes from byte ``skip``, as int8.
+    def read(self, *size_skip: int) -> np.ndarray:
+        """``read(size, skip)``: a copy of ``size`` host bytes from byte ``skip``, as int8.
 
         Raises:
             BufferHazardError: a run in flight writes bytes of the range.
         """
+        if len(size_skip) != 2:
+            raise _no_overload("read()", ("read(self: bo, arg0: int, arg1: int)",))
         storage = self._storage
         check_dangling(storage.state)
-        start, end = self._range(int(size), int(skip), "read")
+        start, end = self._range(*map(int, size_skip), "read")
         storage.check_host_access(start, end, "read", reads=True)
         out = np.empty(end - start, dtype=np.uint8)
         self._copy(out, storage.host[start:end])
@@ -508,10 +513,12 @@ class bo:
         start, end = self._offset, self._offset + self._size
         storage.check_host_access(start, end, "map")
         storage.mapped = True
-        view = memoryview(storage.host[start:end])
+        # Every array made from the view keeps this slice (the view's exporter) alive:
+        # watching it tells whether any of them still lives.
+        exporter = storage.host[start:end]
         storage.views = [v for v in storage.views if v() is not None]
-        storage.views.append(weakref.ref(view))
-        return view
+        storage.views.append(weakref.ref(exporter))
+        return memoryview(exporter)
 
     def _copy(self, dst: np.ndarray, src: np.ndarray) -> None:
         """Copy host <-> device bytes, GIL held when the device plays pyxrt's GIL."""
