@@ -23,7 +23,7 @@ GIL mode), the device names :data:`VBNV_NAMES`, and the counters
 docs/emulator.md.
 """
 
-from npu_pipeline.emulator._buffers import POISON, bo, live_bos, locked_bytes
+from npu_pipeline.emulator._buffers import POISON, bo, live_bos
 from npu_pipeline.emulator._device import (
     VBNV_NAMES,
     EmulatedHost,
@@ -46,6 +46,7 @@ from npu_pipeline.emulator._instructions import (
     instruction_count,
     instructions,
 )
+from npu_pipeline.emulator._pinned import locked_bytes
 from npu_pipeline.emulator._queue import live_device_threads
 from npu_pipeline.emulator._runs import kernel, run, runlist
 from npu_pipeline.emulator._xclbin import uuid, xclbin

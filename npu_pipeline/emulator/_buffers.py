@@ -42,6 +42,7 @@ import numpy as np
 
 from npu_pipeline.emulator import _gil
 from npu_pipeline.emulator._enums import BOFlags, xclBOSyncDirection
+from npu_pipeline.emulator._pinned import lock_pages, unlock_pages
 from npu_pipeline.emulator._state import DeviceState
 from npu_pipeline.errors import BufferHazardError, DriverRuleError, explain
 
@@ -55,10 +56,6 @@ _COUNT_LOCK = threading.Lock()
 _live_bos = 0
 # Fake device addresses for bo.address(): 4 KiB aligned, never overlapping.
 _next_address = 0x8000_0000
-#: Bytes the driver locks per page: a BO locks whole pages.
-PAGE_BYTES = 4096
-# Locked bytes of every live root BO of the process, as the kernel counts them.
-_locked_bytes = 0
 # Per device: freed BOs whose map() views were alive then (weak references to them).
 _dangling: weakref.WeakKeyDictionary[DeviceState, list[list[weakref.ref]]] = (
     weakref.WeakKeyDictionary()
@@ -72,41 +69,6 @@ POISON = 0xA5
 def live_bos() -> int:
     """Emulated BOs (roots and sub-buffers) not yet freed by garbage collection."""
     return _live_bos
-
-
-def locked_bytes() -> int:
-    """Bytes the process's live emulated root BOs lock (whole pages), as ``VmLck`` counts."""
-    return _locked_bytes
-
-
-def _lock_pages(state: DeviceState, size: int) -> int:
-    """Count a new root BO against the locked-memory limit; return the bytes locked.
-
-    Raises:
-        RuntimeError: the limit would be passed (plain, like XRT's failed ``mmap``).
-    """
-    global _locked_bytes
-    pages = -(-size // PAGE_BYTES) * PAGE_BYTES
-    with _COUNT_LOCK:
-        limit = state.memlock_bytes
-        if limit is not None and _locked_bytes + pages > limit:
-            raise RuntimeError(
-                explain(
-                    f"bo allocation failed: mmap(MAP_LOCKED) of {pages} bytes: Resource "
-                    f"temporarily unavailable ({_locked_bytes} bytes of the locked-memory "
-                    f"limit of {limit} are in use)",
-                    "pinned BOs within RLIMIT_MEMLOCK",
-                    "Raise the limit (ulimit -l) or allocate less.",
-                )
-            )
-        _locked_bytes += pages
-    return pages
-
-
-def _unlock_pages(pages: int) -> None:
-    global _locked_bytes
-    with _COUNT_LOCK:
-        _locked_bytes -= pages
 
 
 def check_dangling(state: DeviceState) -> None:
@@ -303,7 +265,7 @@ def _free_bo(storage: Storage, locked: int) -> None:
     """A bo object was collected: unlock its pages (a root's) and check its views."""
     _count_bo(-1)
     if locked:
-        _unlock_pages(locked)
+        unlock_pages(locked)
     storage.release_bo()
 
 
@@ -386,7 +348,7 @@ class bo:
                 )
             )
         self._check_size(size, "bo size")
-        self._locked = _lock_pages(state, size)
+        self._locked = lock_pages(state, size)
         self._storage = Storage(size, state)
         self._offset, self._size, self._flags, self._group = 0, size, flags, group
         self._is_sub = False
