@@ -35,7 +35,7 @@ from npu_pipeline import open_pipeline
 from npu_pipeline.device import NpuDevice
 from npu_pipeline.device.discovery import generation_of
 from npu_pipeline.errors import BufferHazardError, DeviceError, DriverRuleError
-from npu_pipeline.profiles import get_profile
+from npu_pipeline.profile_lookup import get_profile
 
 KIB = 1024
 MIB = 1024 * KIB
