@@ -39,6 +39,9 @@ class device:
         detect_mapped_writes: record the host bytes of mapped BOs around each run to catch
             writes through ``map()`` views while it is in flight (default on).
         faults: faults planned from the start (see ``inject_fault``).
+        reset_leaves_new: play an older amdxdna driver: a command ended by a
+            watchdog reset stays ``NEW`` and its ``wait`` raises "unexpected
+            command state", as XRT's does (default off).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class device:
         runs_in_flight: int = DRIVER_RUNS_IN_FLIGHT,
         detect_mapped_writes: bool = True,
         faults: Iterable[Fault] = (),
+        reset_leaves_new: bool = False,
     ) -> None:
         if index != 0:
             raise DeviceError(
@@ -67,6 +71,7 @@ class device:
             runs_in_flight=runs_in_flight,
             detect_mapped_writes=detect_mapped_writes,
             faults=faults,
+            reset_leaves_new=reset_leaves_new,
         )
         self._xclbins: dict[uuid, xclbin] = {}
         self._last_uuid: uuid | None = None
@@ -168,6 +173,12 @@ class hw_context:
     def get_mode(self) -> AccessMode:
         """The access mode it was created with."""
         return self._mode
+
+    @property
+    def out_of_step(self) -> str | None:
+        """Emulator-only: why every run on this context now fails (a run failed or the
+        watchdog reset the device), or ``None``. Only a new hw_context clears it."""
+        return self._queue.out_of_step
 
     def close(self) -> None:
         """Emulator-only: abort queued runs, stop and join the device thread. Idempotent."""
