@@ -63,7 +63,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="a smaller matmul, fewer calls")
     args = parser.parse_args()
-    shape, calls = ((512, 512, 768), 5) if args.small else ((1500, 512, 2048), 8)
+    shape, calls = ((1024, 512, 768), 5) if args.small else ((1500, 512, 2048), 8)
     return 0 if anyio.run(run, shape, calls) else 1
 
 

@@ -1066,21 +1066,21 @@ async def open_pipeline(
     """
     contract = kernel if isinstance(kernel, KernelContract) else load_contract(kernel)
     check_device_options(device_options or {}, device)
+    given = profile if profile is None or isinstance(profile, DeviceProfile) else None
+    if profile is not None and given is None:
+        # Looked up before the device opens ("cpu" may calibrate: off the loop).
+        given = await anyio.to_thread.run_sync(get_profile, profile)
     npu = await anyio.to_thread.run_sync(
         lambda: NpuDevice.open(
             contract,
             device=device,
-            profile=profile,
+            profile=given,
             timed=timed,
             **(device_options or {}),
         )
     )
     try:
-        chosen = (
-            profile
-            if isinstance(profile, DeviceProfile)
-            else get_profile(profile or npu.info.default_profile)
-        )
+        chosen = given or get_profile(npu.info.default_profile)
         count = default_slots(chosen) if slots is None else check_slots(slots, chosen)
         budget = memory_budget if memory_budget is not None else chosen.memory_budget_bytes
         latency = check_latency_budget(latency_budget_s)

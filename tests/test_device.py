@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from conftest import exact, random_int8
 
-from npu_pipeline import device as device_module
 from npu_pipeline import emulator, reference
 from npu_pipeline.contract import load_contract
 from npu_pipeline.device import NpuDevice
+from npu_pipeline.device import queue as device_queue
+from npu_pipeline.device.queue import CommandQueue
+from npu_pipeline.device.slots import SlotBuffers
 from npu_pipeline.emulator import Fault, FaultKind
 from npu_pipeline.errors import BufferHazardError, ContractError, DeviceError, ShapeError
 
@@ -235,7 +237,7 @@ def test_slot_too_small_or_illegal_block_is_refused():
 def long_chains(monkeypatch):
     """Any measured pace allows the longest chain (24 runs), so tests do not depend
     on how fast this machine computes a tile pair."""
-    monkeypatch.setattr(device_module, "CHAIN_BUDGET_S", 1e9)
+    monkeypatch.setattr(device_queue, "CHAIN_BUDGET_S", 1e9)
 
 
 def tile_batch(npu, slot, rng, pairs, **ids):
@@ -287,7 +289,7 @@ def test_runlists_can_be_turned_off(rng, long_chains):
 
 def test_chains_respect_the_in_flight_limit(rng, monkeypatch):
     """Chains of two runs and a limit of two commands: two chains, four runs, in flight."""
-    monkeypatch.setattr(NpuDevice, "_chain_length", lambda self, block: 2)
+    monkeypatch.setattr(CommandQueue, "chain_length", lambda self, block: 2)
     pairs = 16
     with NpuDevice.open(TILE16, device="emulator", profile=Profile(runs_in_flight=2)) as npu:
         slot = npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs})
@@ -317,7 +319,7 @@ def test_chains_without_a_timed_runlist_wait(rng, monkeypatch, long_chains):
             sub, a, b = tile_batch(npu, slot, rng, pairs)
             npu.wait(sub)
             check_tiles(slot, a, b)
-        assert npu._untimed.value
+        assert npu._queue._untimed.value
         with pytest.raises(DeviceError, match="run 27 of batch 2"):
             npu.wait(tile_batch(npu, slot, rng, pairs, batch=2)[0])
 
@@ -386,7 +388,7 @@ def test_runs_left_over_start_in_batch_order_whoever_waits(rng, monkeypatch):
     full, so none of their runs start. Waiting for C alone (as a caller waiting
     for another batch, or none, would) must start B's runs before C's, as places
     free, and see every chain end, although only a poll tells."""
-    monkeypatch.setattr(NpuDevice, "_chain_length", lambda self, block: 2)
+    monkeypatch.setattr(CommandQueue, "chain_length", lambda self, block: 2)
     pairs = 8
     with NpuDevice.open(TILE16, device="emulator") as npu:
         slots = [npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs}) for _ in range(3)]
@@ -405,21 +407,21 @@ def test_runs_left_over_start_in_batch_order_whoever_waits(rng, monkeypatch):
 def test_error_starting_another_batchs_runs_goes_to_that_batchs_wait(rng, monkeypatch):
     """Waiting for A starts B's left-over runs; when that start fails, A's wait is
     not the one to raise: B's wait raises it, naming B, and the device serves on."""
-    monkeypatch.setattr(NpuDevice, "_chain_length", lambda self, block: 2)
+    monkeypatch.setattr(CommandQueue, "chain_length", lambda self, block: 2)
     pairs = 8
     with NpuDevice.open(TILE16, device="emulator") as npu:
         slots = [npu.allocate_slot({"in": 512 * pairs, "out": 256 * pairs}) for _ in range(2)]
         sub_a, a_a, b_a = tile_batch(npu, slots[0], rng, pairs, batch=0, request=1)
         sub_b, _, _ = tile_batch(npu, slots[1], rng, pairs, batch=3, request=2)
         assert (len(sub_a.running), len(sub_b.running)) == (4, 0)
-        chain = NpuDevice._chain
+        chain = SlotBuffers.chain
 
         def refuse_b(self, sub, first, count):
             if sub is sub_b:
                 raise RuntimeError("command submission refused")
             return chain(self, sub, first, count)
 
-        monkeypatch.setattr(NpuDevice, "_chain", refuse_b)
+        monkeypatch.setattr(SlotBuffers, "chain", refuse_b)
         npu.wait(sub_a, timeout_s=10)
         check_tiles(slots[0], a_a, b_a)
         with pytest.raises(DeviceError, match="command submission refused") as info:

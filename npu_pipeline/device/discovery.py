@@ -1,0 +1,68 @@
+"""What device was opened: its generation, read from its name, and :class:`DeviceInfo`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from npu_pipeline.errors import DeviceError, explain
+
+#: Device name fragments (``get_info(name)``) per NPU generation.
+GENERATION_NAMES = {
+    "phoenix": "npu1",
+    "hawk": "npu1",
+    "strix": "npu2",
+    "krackan": "npu2",
+}
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Which device an :class:`~npu_pipeline.device.NpuDevice` drives, and why.
+
+    Attributes:
+        backend: ``"xrt"`` (pyxrt) or ``"emulator"``.
+        name: the device name the device reports (``get_info(name)``).
+        generation: ``"npu1"`` or ``"npu2"``: the contract geometry used.
+        kernel: the contract's name.
+        runs_in_flight: most runs kept in flight at once.
+        watchdog_s: the driver watchdog the device enforces, seconds.
+        timing: ``"hardware"``, ``"modelled"`` (emulator held to a profile's
+            run times) or ``"cpu"`` (emulator, runs take their compute time).
+        default_profile: the profile name that describes this device.
+        reason: why this backend was chosen.
+        runlists: batches of many runs are submitted as ``runlist`` chains
+            (the pyxrt module has ``runlist`` and they were not turned off).
+    """
+
+    backend: str
+    name: str
+    generation: str
+    kernel: str
+    runs_in_flight: int
+    watchdog_s: float
+    timing: str
+    default_profile: str
+    reason: str
+    runlists: bool = False
+
+
+def generation_of(name: str, profile: Any) -> str:
+    """The NPU generation of the device called ``name``; else the profile's.
+
+    Raises:
+        DeviceError: the name is not known and no profile was given.
+    """
+    lowered = name.lower()
+    for fragment, generation in GENERATION_NAMES.items():
+        if fragment in lowered:
+            return generation
+    if profile is not None:
+        return profile.generation
+    raise DeviceError(
+        explain(
+            f"cannot tell the NPU generation of device {name!r}",
+            f"a name containing one of {sorted(GENERATION_NAMES)}",
+            "Pass profile='npu1' or 'npu2'.",
+        )
+    )

@@ -1,0 +1,156 @@
+"""Slots: the BOs one batch uses, and the run objects bound to them."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from npu_pipeline.device import builds
+from npu_pipeline.errors import ShapeError, explain
+
+if TYPE_CHECKING:
+    from npu_pipeline.device.submission import Submission
+    from npu_pipeline.device.xrt import XrtSession
+
+
+@dataclass(frozen=True, eq=False)
+class Slot:
+    """The buffers one batch uses: one BO per contract buffer.
+
+    Attributes:
+        index: the slot's number in its device.
+        capacity: bytes of each buffer, by buffer name.
+        dtypes: each buffer's element type, by buffer name.
+        views: a uint8 numpy view over each BO's mapped host bytes. Valid
+            until the slot is freed or the device closed.
+    """
+
+    index: int
+    capacity: Mapping[str, int]
+    dtypes: Mapping[str, str]
+    views: Mapping[str, np.ndarray]
+
+    def view(self, name: str, dtype: Any = None) -> np.ndarray:
+        """The whole of buffer ``name`` as a flat array of ``dtype`` (default its own)."""
+        return self.views[name].view(dtype or self.dtypes[name])
+
+
+class SlotBuffers:
+    """Every slot's BOs, and the runs and runlists made over them, made once and reused.
+
+    Not locked: the device calls it with its lock held.
+    """
+
+    def __init__(self, session: XrtSession, generation: str) -> None:
+        self._session, self._generation = session, generation
+        self._contract = session.contract
+        self._numbers = itertools.count()
+        self._roots: dict[int, dict[str, Any]] = {}  # slot index -> root BO per buffer
+        self._subs: dict[tuple[int, str, int], list[Any]] = {}  # (slot, buffer, stride) -> BOs
+        self._instr: dict[tuple[int, int, int], tuple[Any, int]] = {}  # block -> (BO, n_insts)
+        # (slot, block, run) -> run object with its arguments set: started again.
+        self._runs: dict[tuple[int, tuple[int, int, int], int], Any] = {}
+        # (slot, block, first run, runs) -> (runlist, its runs): re-executed, as XRT allows.
+        self._chains: dict[tuple[int, tuple[int, int, int], int, int], tuple[Any, tuple]] = {}
+
+    def allocate(self, capacity: Mapping[str, int]) -> Slot:
+        """A new slot: one ``host_only`` BO of ``capacity[name]`` bytes per contract buffer."""
+        contract, session = self._contract, self._session
+        index = next(self._numbers)
+        roots = {b.name: session.allocate(capacity[b.name], b.name) for b in contract.buffers}
+        self._roots[index] = roots
+        views = {name: session.view(bo) for name, bo in roots.items()}
+        dtypes = {b.name: b.dtype for b in contract.buffers}
+        return Slot(index=index, capacity=dict(capacity), dtypes=dtypes, views=views)
+
+    def free(self, index: int) -> None:
+        """Drop slot ``index``'s BOs and everything made over them (idempotent)."""
+        self._roots.pop(index, None)
+        for cache in (self._subs, self._chains, self._runs):
+            for key in [key for key in cache if key[0] == index]:
+                del cache[key]
+
+    def clear(self) -> None:
+        """Drop every slot's BOs and the instruction BOs."""
+        for cache in (self._chains, self._runs, self._subs, self._roots, self._instr):
+            cache.clear()
+
+    def roots_of(self, slot: Slot) -> dict[str, Any]:
+        """The root BO of each buffer of ``slot``.
+
+        Raises:
+            ShapeError: the slot has been freed.
+        """
+        roots = self._roots.get(slot.index)
+        if roots is None:
+            raise ShapeError(
+                explain(
+                    f"slot {slot.index} has been freed",
+                    "an allocated slot, freed only after wait() returned",
+                    "Allocate a new slot.",
+                )
+            )
+        return roots
+
+    def run(self, sub: Submission, index: int) -> Any:
+        """The run object of run ``index`` of ``sub``'s slot, its arguments set.
+
+        Made once per slot, block and index and started again for later
+        batches (``run.start()`` of a run that ended), which spares creating a
+        run (and its command buffer) and setting its arguments per start.
+        """
+        key = (sub.slot.index, sub.block, index)
+        run = self._runs.get(key)
+        if run is None:
+            run = self._runs[key] = self._session.make_run(self._arguments(sub, index))
+        return run
+
+    def chain(self, sub: Submission, first: int, count: int) -> tuple[Any, tuple]:
+        """The runlist of runs ``first .. first + count - 1`` of ``sub``'s slot, and its runs.
+
+        Made once per slot, block and range, and executed again for later
+        batches (XRT allows it once the list was waited for).
+        """
+        key = (sub.slot.index, sub.block, first, count)
+        cached = self._chains.get(key)
+        if cached is None:
+            session = self._session
+            runs = [session.make_run(self._arguments(sub, i)) for i in range(first, first + count)]
+            cached = self._chains[key] = (session.make_chain(runs), tuple(runs))
+        return cached
+
+    def _arguments(self, sub: Submission, run: int) -> tuple[Any, ...]:
+        instr, n_insts = self._instructions(sub.block)
+        return (self._contract.opcode, instr, n_insts, *self._run_bos(sub, run))
+
+    def _run_bos(self, sub: Submission, run: int) -> list[Any]:
+        """The BO of each buffer for run ``run``: the root for a lone run 0, else a
+        cached sub-buffer."""
+        roots = self.roots_of(sub.slot)
+        if sub.n_runs == 1 and run == 0:
+            return [roots[b.name] for b in self._contract.buffers]
+        bos = []
+        for name, stride in sub.shape.stride.items():
+            subs = self._subs.setdefault((sub.slot.index, name, stride), [])
+            while len(subs) <= run:
+                subs.append(self._session.sub_buffer(roots[name], stride, len(subs) * stride))
+            bos.append(subs[run])
+        return bos
+
+    def _instructions(self, block: tuple[int, int, int]) -> tuple[Any, int]:
+        """The cached instruction BO of ``block`` and its ``n_insts``."""
+        cached = self._instr.get(block)
+        if cached is None:
+            session, contract = self._session, self._contract
+            words = builds.instruction_words(
+                session.backend.name, contract, block, self._generation
+            )
+            cached = self._instr[block] = (
+                session.load_instructions(words),
+                builds.instruction_count(contract, len(words)),
+            )
+        return cached
