@@ -271,3 +271,187 @@ def test_older_driver_leaves_a_reset_command_new(rng):
         assert [run.state() for run in runs] == [S.ERT_CMD_STATE_NEW] * 2
         with pytest.raises(DriverRuleError, match="must be idle"):
             chain.execute()
+
+
+# -- the device layer and the pipeline survive them -----------------------------------
+
+
+def open_npu(**options):
+    from npu_pipeline.device import NpuDevice
+
+    return NpuDevice.open(GEMM, device="emulator", **options)
+
+
+def gemm_start(npu, slot, rng, n_runs=1, **ids):
+    """Pack ``n_runs`` random BLOCK runs into ``slot`` and start them; (submission, pairs)."""
+    m, k, n = BLOCK
+    pairs = [operands(rng) for _ in range(n_runs)]
+    for i, (a, b) in enumerate(pairs):
+        slot.view("a", np.int8)[i * m * k : (i + 1) * m * k] = a.ravel()
+        slot.view("b", np.int8)[i * k * n : (i + 1) * k * n] = b.ravel()
+    return npu.start(slot, BLOCK, n_runs=n_runs, **ids), pairs
+
+
+def assert_slot_exact(slot, pairs, skip=()) -> None:
+    m, _, n = BLOCK
+    c = slot.view("c")
+    for i, (a, b) in enumerate(pairs):
+        if i not in skip:
+            got = c[i * m * n : (i + 1) * m * n].reshape(m, n)
+            np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_real_xrt_defaults_to_single_runs_and_says_why():
+    from npu_pipeline.device.discovery import chaining
+
+    assert chaining(None, "emulator", True)[0]
+    chained, why = chaining(None, "xrt", True)
+    assert not chained and "not been shown correct on hardware" in why
+    assert chaining(True, "xrt", True) == (True, "runlists=True was requested")
+    assert not chaining(True, "xrt", False)[0]
+    with open_npu() as npu:
+        assert npu.info.runlists and "emulator" in npu.info.runlists_reason
+
+
+def test_failed_run_in_a_chain_is_blamed_not_the_new_runs_before_it(rng, monkeypatch):
+    """Run 2 of a chain of 4 fails: runs 0 and 1 stay NEW (XRT never marks them), so the
+    failed run is the one in ERROR; the device then recreates its context and serves."""
+    from npu_pipeline.device.queue import CommandQueue
+
+    monkeypatch.setattr(CommandQueue, "chain_length", lambda self, block: 4)
+    with open_npu(faults=[xrt.Fault(xrt.FaultKind.ERROR, run_index=2)]) as npu:
+        m, k, n = BLOCK
+        slot = npu.allocate_slot({"a": 4 * m * k, "b": 4 * k * n, "c": 4 * m * n * 4})
+        sub, _ = gemm_start(npu, slot, rng, n_runs=4, batch=7, request=3)
+        assert len(sub.running) == 1  # one chain
+        with pytest.raises(DeviceError, match="run 2 of batch 7") as info:
+            npu.wait(sub)
+        assert (info.value.run, info.value.state) == (2, "ERT_CMD_STATE_ERROR")
+        sub, pairs = gemm_start(npu, slot, rng, n_runs=4)
+        npu.wait(sub)
+        assert_slot_exact(slot, pairs)
+        assert npu._queue.recoveries == 1
+
+
+def test_runs_behind_a_failure_are_not_blamed_and_the_context_is_recreated(rng):
+    """Four batches in flight, the first fails: the three behind it met a context out of
+    step (run=None, 'not the batch's own fault'); run again, all are exact."""
+    with open_npu(faults=[xrt.Fault(xrt.FaultKind.ERROR, run_index=0)]) as npu:
+        slots = [npu.allocate_slot(BLOCK) for _ in range(4)]
+        started = [gemm_start(npu, slot, rng, batch=i) for i, slot in enumerate(slots)]
+        errors = []
+        for sub, _ in started:
+            with pytest.raises(DeviceError) as info:
+                npu.wait(sub)
+            errors.append(info.value)
+        assert (errors[0].run, errors[0].state) == (0, "ERT_CMD_STATE_ERROR")
+        for error in errors[1:]:
+            assert error.run is None and "not the batch's own fault" in str(error)
+        for slot, (_, pairs) in zip(slots, started, strict=True):
+            npu.wait(npu.start(slot, BLOCK))  # the same operands, once more
+            assert_slot_exact(slot, pairs)
+        assert npu._queue.recoveries == 1
+
+
+def test_a_reset_command_left_new_does_not_stay_in_flight(rng):
+    """An older driver's reset leaves the hung command NEW and XRT's wait throws: the
+    batch fails with a DeviceError saying so, its place in flight and its slot are
+    given back, and the device recreates its context and serves exactly."""
+    options = {"watchdog_s": 0.1, "reset_leaves_new": True}
+    with open_npu(**options, faults=[xrt.Fault(xrt.FaultKind.HANG, run_index=0)]) as npu:
+        slot = npu.allocate_slot(BLOCK)
+        sub, _ = gemm_start(npu, slot, rng, batch=0, request=5)
+        with pytest.raises(DeviceError, match="unexpected command state") as info:
+            npu.wait(sub)
+        assert (info.value.run, info.value.request) == (0, 5)
+        assert npu._queue.in_flight == [] and not npu._queue.active
+        sub, pairs = gemm_start(npu, slot, rng)
+        npu.wait(sub)
+        assert_slot_exact(slot, pairs)
+
+
+def pipeline_leaks_checked(pipe) -> None:
+    assert pipe.slots_in_use == 0 and pipe.active_requests == 0
+
+
+def small_requests(rng, count=9):
+    return [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(count)]
+
+
+async def run_all(pipe, inputs):
+    """Every request at once; each result, or the DeviceError it raised."""
+    import anyio
+
+    import npu_pipeline as npp
+
+    outcomes: list = [None] * len(inputs)
+
+    async def one(index, a, b):
+        try:
+            outcomes[index] = await pipe.matmul(a, b)
+        except npp.DeviceError as error:
+            outcomes[index] = error
+
+    async with anyio.create_task_group() as group:
+        for index, (a, b) in enumerate(inputs):
+            group.start_soon(one, index, a, b)
+    return outcomes
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["ERROR", "HANG"])
+async def test_pipeline_fails_the_request_of_the_failed_chain_run_only(rng, kind, monkeypatch):
+    """Small requests share a submission run as one chain; its run 1 fails. Run 0 stays
+    NEW, yet the request of run 1 fails, and every other request is run again (on a
+    recreated context) and is exact."""
+    import npu_pipeline as npp
+    from npu_pipeline.device.queue import CommandQueue
+
+    monkeypatch.setattr(CommandQueue, "chain_length", lambda self, block: 24)
+    inputs = small_requests(rng)
+    options = {"faults": [xrt.Fault(xrt.FaultKind[kind], run_index=1)], "watchdog_s": 0.2}
+    async with npp.open_pipeline(
+        device="emulator", host_path=False, device_options=options
+    ) as pipe:
+        outcomes = await run_all(pipe, inputs)
+        pipeline_leaks_checked(pipe)
+        again = await pipe.matmul(*inputs[0])
+    failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, npp.DeviceError)]
+    assert len(failed) == 1
+    error = outcomes[failed[0]]
+    assert (
+        error.run == 1
+        and error.state == f"ERT_CMD_STATE_{'ERROR' if kind == 'ERROR' else 'TIMEOUT'}"
+    )
+    for index, (a, b) in enumerate(inputs):
+        if index not in failed:
+            np.testing.assert_array_equal(outcomes[index], a.astype(np.int64) @ b.astype(np.int64))
+    a, b = inputs[0]
+    np.testing.assert_array_equal(again, a.astype(np.int64) @ b.astype(np.int64))
+
+
+@pytest.mark.anyio
+async def test_pipeline_goes_on_after_a_reset_command_left_new(rng):
+    """reset_leaves_new: the hung request fails with a clear DeviceError; the others and
+    the next requests are exact, and no slot stays held."""
+    import npu_pipeline as npp
+
+    inputs = small_requests(rng, count=4)
+    options = {
+        "faults": [xrt.Fault(xrt.FaultKind.HANG, run_index=0)],
+        "watchdog_s": 0.1,
+        "reset_leaves_new": True,
+    }
+    async with npp.open_pipeline(
+        device="emulator", host_path=False, device_options=options
+    ) as pipe:
+        outcomes = await run_all(pipe, inputs)
+        pipeline_leaks_checked(pipe)
+        later = [await pipe.matmul(a, b) for a, b in inputs]
+    failed = [o for o in outcomes if isinstance(o, npp.DeviceError)]
+    assert len(failed) == 1 and "unexpected command state" in str(failed[0])
+    for outcome, (a, b) in zip(outcomes, inputs, strict=True):
+        if outcome is not failed[0]:
+            np.testing.assert_array_equal(outcome, a.astype(np.int64) @ b.astype(np.int64))
+    for c, (a, b) in zip(later, inputs, strict=True):
+        np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
