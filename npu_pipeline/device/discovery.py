@@ -52,7 +52,7 @@ def chaining(requested: bool | None, backend: str, has_runlists: bool) -> tuple[
     """Whether to chain a batch's runs into ``runlist`` commands, and why.
 
     ``requested`` None (the default) chains on the emulator only: on real XRT
-    chains have not been shown correct on hardware (docs/device.md#runlists),
+    chains have not been shown correct on hardware (docs/device.md#runlist-chains),
     so each run is its own command there unless ``runlists=True`` asks.
     """
     if not has_runlists:

@@ -132,7 +132,7 @@ class DeviceState:
         with self._lock:
             self._queues.add(queue)
 
-    # -- the watchdog (amdxdna TDR, see docs/emulator.md#the-watchdog) -------------
+    # -- the watchdog (amdxdna TDR: docs/emulator.md#what-the-watchdog-reports-and-why) --
 
     def signal(self) -> None:
         """Record device progress: a run was submitted or ended on some context."""
