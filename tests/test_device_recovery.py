@@ -12,12 +12,12 @@ pipeline survive each of them with exact results and nothing leaked.
 from __future__ import annotations
 
 import contextlib
-import gc
 import time
 
 import numpy as np
 import pytest
 from conftest import random_int8
+from test_pipeline import concurrent_requests
 
 from npu_pipeline import emulator as xrt
 from npu_pipeline.contract import load_contract
@@ -31,13 +31,8 @@ BLOCK = (256, 64, 256)  # the smallest legal gemm_i8_i32 block on npu1
 OTHER = (256, 128, 256)  # a second legal block, for a timing model that tells them apart
 
 
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """Every test must leave no device thread and no BO behind."""
-    yield
-    gc.collect()
-    assert xrt.live_device_threads() == 0
-    assert xrt.live_bos() == 0
+# Every test must leave no device thread and no BO behind, whatever happened.
+pytestmark = pytest.mark.usefixtures("no_emulator_leaks")
 
 
 class Context:
@@ -334,20 +329,23 @@ def test_failed_run_in_a_chain_is_blamed_not_the_new_runs_before_it(rng, monkeyp
 
 
 def test_runs_behind_a_failure_are_not_blamed_and_the_context_is_recreated(rng):
-    """Four batches in flight, the first fails: the three behind it met a context out of
+    """Four batches in flight, the second fails: the two behind it met a context out of
     step (run=None, 'not the batch's own fault'); run again, all are exact."""
-    with open_npu(faults=[xrt.Fault(xrt.FaultKind.ERROR, run_index=0)]) as npu:
+    options = {"timing": lambda contract, block: 0.05}  # all four start before one ends
+    with open_npu(**options, faults=[xrt.Fault(xrt.FaultKind.ERROR, run_index=1)]) as npu:
         slots = [npu.allocate_slot(BLOCK) for _ in range(4)]
         started = [gemm_start(npu, slot, rng, batch=i) for i, slot in enumerate(slots)]
+        npu.wait(started[0][0])
+        assert_slot_exact(slots[0], started[0][1])
         errors = []
-        for sub, _ in started:
+        for sub, _ in started[1:]:
             with pytest.raises(DeviceError) as info:
                 npu.wait(sub)
             errors.append(info.value)
-        assert (errors[0].run, errors[0].state) == (0, "ERT_CMD_STATE_ERROR")
+        assert (errors[0].batch, errors[0].run, errors[0].state) == (1, 0, "ERT_CMD_STATE_ERROR")
         for error in errors[1:]:
             assert error.run is None and "not the batch's own fault" in str(error)
-        for slot, (_, pairs) in zip(slots, started, strict=True):
+        for slot, (_, pairs) in zip(slots[1:], started[1:], strict=True):
             npu.wait(npu.start(slot, BLOCK))  # the same operands, once more
             assert_slot_exact(slot, pairs)
         assert npu._queue.recoveries == 1
@@ -378,26 +376,6 @@ def small_requests(rng, count=9):
     return [(random_int8(rng, (40, 30)), random_int8(rng, (30, 20))) for _ in range(count)]
 
 
-async def run_all(pipe, inputs):
-    """Every request at once; each result, or the DeviceError it raised."""
-    import anyio
-
-    import npu_pipeline as npp
-
-    outcomes: list = [None] * len(inputs)
-
-    async def one(index, a, b):
-        try:
-            outcomes[index] = await pipe.matmul(a, b)
-        except npp.DeviceError as error:
-            outcomes[index] = error
-
-    async with anyio.create_task_group() as group:
-        for index, (a, b) in enumerate(inputs):
-            group.start_soon(one, index, a, b)
-    return outcomes
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", ["ERROR", "HANG"])
 async def test_pipeline_fails_the_request_of_the_failed_chain_run_only(rng, kind, monkeypatch):
@@ -413,7 +391,7 @@ async def test_pipeline_fails_the_request_of_the_failed_chain_run_only(rng, kind
     async with npp.open_pipeline(
         device="emulator", host_path=False, device_options=options
     ) as pipe:
-        outcomes = await run_all(pipe, inputs)
+        outcomes = await concurrent_requests(pipe, inputs)
         pipeline_leaks_checked(pipe)
         again = await pipe.matmul(*inputs[0])
     failed = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, npp.DeviceError)]
@@ -445,7 +423,7 @@ async def test_pipeline_goes_on_after_a_reset_command_left_new(rng):
     async with npp.open_pipeline(
         device="emulator", host_path=False, device_options=options
     ) as pipe:
-        outcomes = await run_all(pipe, inputs)
+        outcomes = await concurrent_requests(pipe, inputs)
         pipeline_leaks_checked(pipe)
         later = [await pipe.matmul(a, b) for a, b in inputs]
     failed = [o for o in outcomes if isinstance(o, npp.DeviceError)]
