@@ -12,11 +12,14 @@ It provides the part of pyxrt's API that NPU host code uses (``device``,
 ``bo``, ``xclBOSyncDirection``, ``ert_cmd_state``, ``xrt_info_device``,
 ``enumerate_devices``), executes each kernel contract bit-exactly on the CPU
 in one device thread per hardware context, and enforces the driver's rules
-(BO flags, sync before use, 4 runs in flight, the watchdog, buffer hazards).
+(BO flags, sync before use, 4 runs in flight, the device-wide watchdog, a
+context out of step after a failed run, runlists as XRT reports them, buffer
+hazards).
 
 Emulator-only extras: :func:`instructions` (the emulated insts.bin),
 :func:`instruction_count`, :func:`inject_fault` with :class:`FaultKind` and
-:class:`Fault`, ``close()`` on ``device`` and ``hw_context``, and the leak
+:class:`Fault`, ``close()`` on ``device`` and ``hw_context``,
+``hw_context.out_of_step``, and the leak
 counters :func:`live_device_threads` and :func:`live_bos`. See docs/emulator.md.
 """
 
