@@ -1,4 +1,4 @@
-"""16 kHz mono WAV in, everything else refused with the command that converts it; the shipped clips."""
+"""16 kHz mono WAV in; anything else refused with the command that converts it. The clips."""
 
 from __future__ import annotations
 
@@ -108,17 +108,23 @@ def test_every_shipped_clip_is_short_16k_mono_pcm16_with_known_text():
 
 
 @pytest.mark.skipif(
-    not (shutil.which("espeak-ng") and shutil.which("sox")), reason="espeak-ng and sox not installed"
+    not (shutil.which("espeak-ng") and shutil.which("sox")),
+    reason="espeak-ng and sox not installed",
 )
 def test_make_clips_makes_the_shipped_clips(tmp_path):
     for name in ("make_clips.sh", "sentences.json"):
         shutil.copy(AUDIO / name, tmp_path / name)
     subprocess.run(["sh", str(tmp_path / "make_clips.sh")], check=True, capture_output=True)
-    versions = subprocess.run(
-        ["espeak-ng", "--version"], check=True, capture_output=True, text=True
-    ).stdout + subprocess.run(["sox", "--version"], check=True, capture_output=True, text=True).stdout
+    versions = (
+        subprocess.run(
+            ["espeak-ng", "--version"], check=True, capture_output=True, text=True
+        ).stdout
+        + subprocess.run(["sox", "--version"], check=True, capture_output=True, text=True).stdout
+    )
     # The script names the tool versions that made the shipped bytes.
-    recorded = re.findall(r"eSpeak NG text-to-speech: [\d.]+|SoX v[\d.]+", (AUDIO / "make_clips.sh").read_text())
+    recorded = re.findall(
+        r"eSpeak NG text-to-speech: [\d.]+|SoX v[\d.]+", (AUDIO / "make_clips.sh").read_text()
+    )
     same_tools = len(recorded) == 2 and all(tool in versions for tool in recorded)
     for name in shipped_clips():
         made, shipped = read_wav(tmp_path / name), read_wav(AUDIO / name)

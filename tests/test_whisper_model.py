@@ -230,7 +230,7 @@ def test_directory_files_are_checked(tmp_path, small):
     with pytest.raises(ModelError, match="as JSON"):
         load_whisper_dir(directory)
     (directory / "config.json").unlink()
-    with pytest.raises(ModelError, match="has no config.json") as caught:
+    with pytest.raises(ModelError, match=r"has no config\.json") as caught:
         load_whisper_dir(directory)
     assert isinstance(caught.value, NpuPipelineError) and isinstance(caught.value, ValueError)
 

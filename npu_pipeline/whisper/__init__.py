@@ -9,6 +9,7 @@
 - :mod:`npu_pipeline.whisper.ct2_runtime` runs CTranslate2's own encoder and decoder
   (the ``whisper`` extra: ``pip install "npu-pipeline[whisper]"``).
 - :mod:`npu_pipeline.whisper.wer` scores a transcript against its known text.
+- :mod:`npu_pipeline.whisper.synthetic` makes seeded random weights of any Whisper size.
 
 See docs/whisper.md.
 """

@@ -149,8 +149,8 @@ class ModelBin:
                     f"{self.path} has no variable {name!r}",
                     f"a {SPEC_NAME} with every encoder weight (CTranslate2 "
                     "python/ctranslate2/specs/whisper_spec.py)",
-                    "Convert the model again with ct2-transformers-converter, or point "
-                    "--model at a faster-whisper model directory.",
+                    "Convert the model again with ct2-transformers-converter, or use a "
+                    "faster-whisper model directory.",
                 )
             )
         return self.variables[target]
@@ -390,7 +390,7 @@ def encoder_weights(model: ModelBin) -> EncoderWeights:
             explain(
                 f"{model.path} holds a {model.spec_name!r}",
                 f"a {SPEC_NAME!r} (a Whisper model converted by CTranslate2)",
-                "Point --model at a Whisper model directory (faster-whisper's layout).",
+                "Use a Whisper model directory (faster-whisper's layout).",
             )
         )
     conv1_weight = model.float32("encoder/conv1/weight")
@@ -404,7 +404,9 @@ def encoder_weights(model: ModelBin) -> EncoderWeights:
         )
     d_model, n_mels, _ = conv1_weight.shape
     n_heads = int(model.get("encoder/num_heads"))
-    numbers = {int(m.group(1)) for n in model.variables if (m := re.match(r"encoder/layer_(\d+)/", n))}
+    numbers = {
+        int(m.group(1)) for n in model.variables if (m := re.match(r"encoder/layer_(\d+)/", n))
+    }
     n_layers = len(numbers)
     if numbers != set(range(n_layers)) or n_layers == 0 or n_heads <= 0 or d_model % n_heads:
         raise ModelError(

@@ -1,4 +1,4 @@
-"""CTranslate2's own Whisper on the CPU: its encoder to check ours against, its decoder to read ours.
+"""CTranslate2's Whisper on the CPU: its encoder to check ours against, its decoder to read ours.
 
 ``ctranslate2.models.Whisper.generate`` takes either a mel spectrogram
 [batch, n_mels, 3000] or an encoder output [batch, 1500, d_model] (its docstring,
@@ -94,7 +94,7 @@ def ct2_transcribe(
         raise ModelError(
             explain(
                 f"no tokenizer.json at {tokenizer_path}",
-                "the tokenizer.json CTranslate2's Whisper converter copies into the model directory",
+                "the tokenizer.json CTranslate2's converter copies into the model directory",
                 "Copy tokenizer.json from the original Hugging Face model into the directory.",
             )
         )
