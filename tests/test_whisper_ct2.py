@@ -10,6 +10,7 @@ import functools
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,12 @@ import pytest
 from npu_pipeline.errors import DependencyError, ModelError
 from npu_pipeline.whisper.audio import read_wav
 from npu_pipeline.whisper.ct2_model import load_whisper_dir
-from npu_pipeline.whisper.ct2_runtime import ct2_encode, ct2_transcribe, load_ct2_whisper
+from npu_pipeline.whisper.ct2_runtime import (
+    ct2_encode,
+    ct2_transcribe,
+    load_ct2_whisper,
+    prompt_tokens,
+)
 from npu_pipeline.whisper.float_encoder import encode
 from npu_pipeline.whisper.mel import log_mel_spectrogram
 from npu_pipeline.whisper.wer import word_error_rate, word_errors, words
@@ -43,6 +49,20 @@ def test_missing_ctranslate2_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(DependencyError, match=r'pip install "npu-pipeline\[whisper\]"') as caught:
         load_ct2_whisper(tmp_path)
     assert isinstance(caught.value, ImportError)
+
+
+def test_prompt_names_the_language_only_for_multilingual_models():
+    english_only, multilingual = (
+        SimpleNamespace(is_multilingual=False),
+        SimpleNamespace(is_multilingual=True),
+    )
+    assert prompt_tokens(english_only) == ["<|startoftranscript|>", "<|notimestamps|>"]
+    assert prompt_tokens(multilingual, "de") == [
+        "<|startoftranscript|>",
+        "<|de|>",
+        "<|transcribe|>",
+        "<|notimestamps|>",
+    ]
 
 
 def test_decoding_without_a_tokenizer_is_refused(tmp_path):

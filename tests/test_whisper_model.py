@@ -16,6 +16,7 @@ import pytest
 
 from npu_pipeline.errors import ModelError, NpuPipelineError
 from npu_pipeline.whisper.ct2_model import (
+    WhisperDims,
     bfloat16_to_float32,
     encoder_weights,
     load_whisper_dir,
@@ -23,7 +24,7 @@ from npu_pipeline.whisper.ct2_model import (
 )
 from npu_pipeline.whisper.synthetic import WHISPER_TINY, random_encoder_weights
 
-SMALL = WHISPER_TINY.__class__(n_mels=4, d_model=8, n_heads=2, n_layers=2, n_ffn=16, n_frames=6)
+SMALL = WhisperDims(n_mels=4, d_model=8, n_heads=2, n_layers=2, n_ffn=16, n_frames=6)
 DTYPE_IDS = {"float32": 0, "int8": 1, "int16": 2, "int32": 3, "float16": 4, "bfloat16": 5}
 
 

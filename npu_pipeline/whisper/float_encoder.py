@@ -36,7 +36,7 @@ LAYER_NORM_EPS = 1e-5
 
 
 @numba.vectorize(["float32(float32)"], cache=True)
-def gelu(x: float) -> float:  # pragma: no cover - compiled; tested through its values
+def gelu(x: float) -> float:
     """GELU with the exact erf, x * (1 + erf(x / sqrt 2)) / 2, elementwise (Whisper's nn.GELU)."""
     return 0.5 * x * (1.0 + math.erf(x * 0.7071067811865476))
 
