@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npu_pipeline.device import builds
 from npu_pipeline.errors import ShapeError, explain
 
 if TYPE_CHECKING:
@@ -145,12 +144,11 @@ class SlotBuffers:
         """The cached instruction BO of ``block`` and its ``n_insts``."""
         cached = self._instr.get(block)
         if cached is None:
-            session, contract = self._session, self._contract
-            words = builds.instruction_words(
-                session.backend.name, contract, block, self._generation
-            )
+            session = self._session
+            build = session.build
+            words = build.instruction_words(block)
             cached = self._instr[block] = (
                 session.load_instructions(words),
-                builds.instruction_count(contract, len(words)),
+                build.instruction_count(words),
             )
         return cached

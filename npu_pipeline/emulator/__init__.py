@@ -15,7 +15,7 @@ in one device thread per hardware context, and enforces the driver's rules
 (BO flags, sync before use, 4 runs in flight, the watchdog, buffer hazards).
 
 Emulator-only extras: :func:`instructions` (the emulated insts.bin),
-:func:`instruction_count`, :func:`inject_fault` with :class:`FaultKind` and
+:func:`write_build` (an emulated build folder), :func:`inject_fault` with :class:`FaultKind` and
 :class:`Fault`, ``close()`` on ``device`` and ``hw_context``, and the leak
 counters :func:`live_device_threads` and :func:`live_bos`. See docs/emulator.md.
 """
@@ -32,12 +32,11 @@ from npu_pipeline.emulator._faults import Fault, FaultKind, inject_fault
 from npu_pipeline.emulator._instructions import (
     InstructionStream,
     decode,
-    instruction_count,
     instructions,
 )
 from npu_pipeline.emulator._queue import live_device_threads
 from npu_pipeline.emulator._runs import kernel, run, runlist
-from npu_pipeline.emulator._xclbin import uuid, xclbin
+from npu_pipeline.emulator._xclbin import uuid, write_build, xclbin
 
 __all__ = [
     "XCL_BO_FLAGS_NONE",
@@ -51,7 +50,6 @@ __all__ = [
     "ert_cmd_state",
     "hw_context",
     "inject_fault",
-    "instruction_count",
     "instructions",
     "kernel",
     "live_bos",
@@ -59,6 +57,7 @@ __all__ = [
     "run",
     "runlist",
     "uuid",
+    "write_build",
     "xclBOSyncDirection",
     "xclbin",
     "xrt_info_device",

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from npu_pipeline.emulator._enums import AccessMode, xrt_info_device
 from npu_pipeline.emulator._faults import Fault
+from npu_pipeline.emulator._instructions import Firmware
 from npu_pipeline.emulator._queue import CommandQueue
 from npu_pipeline.emulator._state import DRIVER_RUNS_IN_FLIGHT, DeviceState
 from npu_pipeline.emulator._xclbin import uuid, xclbin
@@ -39,6 +40,12 @@ class device:
         detect_mapped_writes: record the host bytes of mapped BOs around each run to catch
             writes through ``map()`` views while it is in flight (default on).
         faults: faults planned from the start (see ``inject_fault``).
+        insts_unit: the unit the emulated firmware reads ``n_insts`` in,
+            ``"words"`` (default, the shipped contracts' unit) or ``"bytes"``;
+            a run whose count does not match its stream completes with its
+            output all zero (docs/emulator.md#instruction-streams).
+        zeros: every run completes with its output all zero, as a missing
+            or wrong instruction stream can on hardware.
     """
 
     def __init__(
@@ -51,6 +58,8 @@ class device:
         runs_in_flight: int = DRIVER_RUNS_IN_FLIGHT,
         detect_mapped_writes: bool = True,
         faults: Iterable[Fault] = (),
+        insts_unit: str = "words",
+        zeros: bool = False,
     ) -> None:
         if index != 0:
             raise DeviceError(
@@ -67,6 +76,7 @@ class device:
             runs_in_flight=runs_in_flight,
             detect_mapped_writes=detect_mapped_writes,
             faults=faults,
+            firmware=Firmware(insts_unit, zeros),
         )
         self._xclbins: dict[uuid, xclbin] = {}
         self._last_uuid: uuid | None = None

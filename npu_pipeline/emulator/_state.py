@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from npu_pipeline.emulator._faults import Fault, FaultPlan
+from npu_pipeline.emulator._instructions import Firmware
 from npu_pipeline.errors import DeviceError, explain
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class DeviceState:
         detect_mapped_writes: record the host bytes of mapped BOs of each run at start and
             completion to catch writes through ``map()`` views.
         faults: the planned faults and the run numbering.
+        firmware: how runs read their instructions (count unit, zeros).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class DeviceState:
         runs_in_flight: int,
         detect_mapped_writes: bool,
         faults: Iterable[Fault],
+        firmware: Firmware,
     ) -> None:
         if generation not in DEVICE_NAMES:
             raise DeviceError(
@@ -97,6 +100,7 @@ class DeviceState:
         self.runs_in_flight = runs_in_flight
         self.detect_mapped_writes = detect_mapped_writes
         self.faults = FaultPlan(faults)
+        self.firmware = firmware
         self.lost = False
         self._lock = threading.Lock()
         self._queues: weakref.WeakSet[CommandQueue] = weakref.WeakSet()
