@@ -155,7 +155,8 @@ class NpuDevice:
                     "Drop them, or pass device='emulator'.",
                 )
             )
-        check_device_options(emulator_options, backend.name)
+        # The real-XRT path driven on the emulator module takes its options too.
+        check_device_options(emulator_options, "emulator" if is_emulator else backend.name)
         if timed and profile is None:
             raise DeviceError(
                 explain("timed=True without a profile", "a profile", "Pass profile=...")

@@ -43,7 +43,7 @@ class device:
         insts_unit: the unit the emulated firmware reads ``n_insts`` in,
             ``"words"`` (default, the shipped contracts' unit) or ``"bytes"``;
             a run whose count does not match its stream completes with its
-            output all zero (docs/emulator.md#instruction-streams).
+            output all zero (docs/emulator.md#the-instruction-stream).
         zeros: every run completes with its output all zero, as a missing
             or wrong instruction stream can on hardware.
     """
