@@ -20,8 +20,7 @@ from conftest import exact, random_int8
 
 from npu_pipeline import emulator, insts, reference
 from npu_pipeline.contract import load_contract, parse_contract
-from npu_pipeline.device import NpuDevice
-from npu_pipeline.device import known_answer
+from npu_pipeline.device import NpuDevice, known_answer
 from npu_pipeline.device.builds import BUILD_DIR_ENV
 from npu_pipeline.emulator import Fault, FaultKind
 from npu_pipeline.emulator._instructions import WORDS, MalformedInstructions
