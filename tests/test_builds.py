@@ -8,7 +8,6 @@ header checks run as they would on a Ryzen AI machine.
 
 from __future__ import annotations
 
-import gc
 import json
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import exact, random_int8
+from test_device import no_leaks  # noqa: F401 (autouse: a refused open leaks nothing either)
 
 from npu_pipeline import emulator, insts, reference
 from npu_pipeline.contract import load_contract, parse_contract
@@ -33,15 +33,6 @@ BLOCK = (256, 128, 256)  # the block of examples/pyxrt_host_program.py
 TO = emulator.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE
 FROM = emulator.xclBOSyncDirection.XCL_BO_SYNC_BO_FROM_DEVICE
 S = emulator.ert_cmd_state
-
-
-@pytest.fixture(autouse=True)
-def no_leaks():
-    """A refused open must leave no device thread and no BO behind."""
-    yield
-    gc.collect()
-    assert emulator.live_device_threads() == 0
-    assert emulator.live_bos() == 0
 
 
 @pytest.fixture(autouse=True)
