@@ -107,8 +107,15 @@ class KernelBuild:
     # -- messages ----------------------------------------------------------------
 
     def make_command(self, block: tuple[int, int, int] | None = None) -> str:
-        """The command that builds this generation's files (``block``'s instructions)."""
-        kernel_dir = Path(self.contract.source).parent
+        """The command that builds this generation's files (``block``'s instructions).
+
+        Run in the kernel's folder beside its ``kernel.json`` when that has the
+        Makefile (a source checkout), else in ``kernels/<name>`` of a checkout
+        (an installed package carries the contracts only).
+        """
+        kernel_dir: Path | str = Path(self.contract.source).parent
+        if not (kernel_dir / "Makefile").is_file():
+            kernel_dir = f"kernels/{self.contract.name}"
         shapes = f' SHAPES="{"x".join(map(str, block))}"' if block else ""
         target = " insts" if block else ""
         return f"make -C {kernel_dir} GEN={self.generation}{shapes}{target}"
