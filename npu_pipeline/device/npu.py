@@ -124,8 +124,9 @@ class NpuDevice:
                 ``faults``, ...). Planned ``faults`` count the runs after the
                 known-answer run, so ``run_index=0`` is the first run you start.
 
-        Every open first runs one known-answer block (the smallest legal one,
-        about a millisecond on the emulator) and compares it exactly: a build
+        Every open first runs one known-answer block (the smallest legal one;
+        under a millisecond on the emulator with an idle BLAS) and compares it
+        exactly: a build
         that completes without computing is refused here, not returned as
         zeros later (docs/device.md#the-known-answer-run).
 
@@ -215,12 +216,9 @@ class NpuDevice:
         return npu
 
     @property
-    def build(self) -> KernelBuild:
-        """Where the loaded xclbin and the instruction streams come from."""
-        build = self._session.build
-        if build is None:  # only before open() has loaded the kernel
-            raise DeviceError(explain("no kernel is loaded", "an opened device", "Use open()."))
-        return build
+    def build(self) -> KernelBuild | None:
+        """Where the loaded xclbin and the instruction streams come from (set by open)."""
+        return self._session.build
 
     # -- slots -------------------------------------------------------------------
 
