@@ -126,9 +126,8 @@ class NpuDevice:
 
         Every open first runs one known-answer block (the smallest legal one;
         under a millisecond on the emulator with an idle BLAS) and compares it
-        exactly: a build
-        that completes without computing is refused here, not returned as
-        zeros later (docs/device.md#the-known-answer-run).
+        exactly: a build that completes without computing is refused here, not
+        returned as zeros later (docs/device.md#the-known-answer-run).
 
         Raises:
             DeviceError: the device cannot be opened (``"xrt"`` without XRT, ...),
