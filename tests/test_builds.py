@@ -362,3 +362,40 @@ def test_planned_faults_count_the_runs_after_the_known_answer(rng):
         with pytest.raises(DeviceError, match="ERT_CMD_STATE_ERROR"):
             gemm_block(npu, rng, KNOWN)  # run 1: the fault
         gemm_block(npu, rng, BLOCK)
+
+
+# -- the design against mlir-aie v1.3.4 ---------------------------------------------------
+
+
+def test_design_calls_only_what_mlir_aie_v134_has():
+    """What reading v1.3.4's sources found (kernels/README.md): no placer module, no
+    `placement=` keyword (v1.3.4 says `tile=`), `resolve_program()` without a placer,
+    and the dynamic ObjectFIFO lowering on every Worker. Not a compile: a guard."""
+    import ast
+
+    design = Path(GEMM.source).parent / "design.py"
+    tree = ast.parse(design.read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert {"aie.iron", "aie.iron.controlflow", "aie.iron.device", "aie.helpers.taplib"} <= imported
+    assert not imported & {"aie.iron.placers", "aie.dialects.index", "aie.ir"}
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    keywords = {kw.arg for call in calls for kw in call.keywords}
+    assert "placement" not in keywords and "tile" in keywords
+
+    def named(call, name):
+        func = call.func
+        return getattr(func, "attr", getattr(func, "id", None)) == name
+
+    (resolve,) = [call for call in calls if named(call, "resolve_program")]
+    assert not resolve.args and not resolve.keywords
+    (worker,) = [call for call in calls if named(call, "Worker")]
+    assert any(
+        kw.arg == "dynamic_objfifo_lowering" and getattr(kw.value, "value", None) is True
+        for kw in worker.keywords
+    )
+    makefile = (design.parent / "Makefile").read_text()
+    recipes = [line for line in makefile.splitlines() if line.startswith("\t")]
+    assert "mlir_aie==1.3.4" in makefile
+    assert not any("--aie-only-generate-npu" in line for line in recipes)
