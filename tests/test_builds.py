@@ -115,10 +115,18 @@ def test_default_layout_option_and_environment(tmp_path, monkeypatch, rng):
         gemm_block(npu, rng, BLOCK)
 
 
-def test_build_dir_reaches_the_device_through_open_pipeline_options(tmp_path):
-    from npu_pipeline.device import check_device_options
+@pytest.mark.anyio
+async def test_build_dir_reaches_the_device_through_open_pipeline(tmp_path, rng):
+    """The user's path: open_pipeline(device_options={"build_dir": ...}) on real XRT."""
+    import npu_pipeline
 
-    check_device_options({"build_dir": str(tmp_path)}, "xrt")  # accepted on real XRT
+    folder = emulator.write_build(GEMM, tmp_path / "b", "npu1", [KNOWN])
+    options = {"xrt_module": emulator, "build_dir": str(folder)}
+    async with npu_pipeline.open_pipeline(
+        device="xrt", profile="npu1", host_path=False, device_options=options
+    ) as pipe:
+        a, b = random_int8(rng, KNOWN[:2]), random_int8(rng, KNOWN[1:])
+        np.testing.assert_array_equal(await pipe.matmul(a, b), exact(a, b))
 
 
 def test_contract_build_dir_field_is_validated():
