@@ -134,3 +134,20 @@ class TimelineError(NpuPipelineError, ValueError):
 
 class PipelineClosedError(NpuPipelineError, RuntimeError):
     """A request was made to, or was still in, a pipeline that has been closed."""
+
+
+def detached(error: BaseException) -> BaseException:
+    """``error`` without tracebacks along its cause chain (the same object).
+
+    A traceback pins the frames of the worker thread that raised, and with
+    them a batch's slot and BOs: a caller keeping the error (as tests and
+    retry loops do) would keep device memory alive after it was freed.
+    The message already names the batch, the request and the run state.
+    """
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return error

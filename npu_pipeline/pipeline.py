@@ -53,6 +53,7 @@ from npu_pipeline.errors import (
     NpuPipelineError,
     PipelineClosedError,
     ShapeError,
+    detached,
     explain,
 )
 from npu_pipeline.exact import host_matmul
@@ -752,7 +753,7 @@ class Pipeline:
         for (request, _), error in zip(work.batches, errors, strict=True):
             request.outstanding -= 1
             if error is not None and request.error is None:
-                request.error = _detached(error)
+                request.error = detached(error)
             elif error is None and not request.stopped:
                 request.retired += 1
             finished = request.done.is_set()
@@ -1008,23 +1009,6 @@ def _blame(failure: DeviceError, request: _Request, batch: Batch, shared: int) -
         request=request.id,
         run=failure.run,
     )
-
-
-def _detached(error: BaseException) -> BaseException:
-    """``error`` without tracebacks along its cause chain.
-
-    A traceback pins the frames of the worker thread that raised, and with
-    them the batch's slot and BOs: a caller keeping the error (as tests and
-    retry loops do) would keep device memory alive after the pipeline freed it.
-    The message already names the batch, the request and the run state.
-    """
-    seen: set[int] = set()
-    link: BaseException | None = error
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        link.__traceback__ = None
-        link = link.__cause__ or link.__context__
-    return error
 
 
 def default_slots(profile: DeviceProfile) -> int:

@@ -8,6 +8,7 @@ header checks run as they would on a Ryzen AI machine.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -407,3 +408,15 @@ def test_design_calls_only_what_mlir_aie_v134_has():
     recipes = [line for line in makefile.splitlines() if line.startswith("\t")]
     assert "mlir_aie==1.3.4" in makefile
     assert not any("--aie-only-generate-npu" in line for line in recipes)
+
+
+def test_a_known_answer_run_that_fails_leaves_nothing_pinned_by_the_kept_error():
+    """A device that emulates npu1 but reports a Strix name gets npu2 streams: the
+    known-answer run ends in ERROR. The caller keeps the DeviceError (as retry
+    loops do); no BO and no locked page stays alive through its traceback."""
+    with pytest.raises(DeviceError, match="ERT_CMD_STATE_ERROR") as info:
+        NpuDevice.open(GEMM, device="emulator", name="NPU Strix", generation="npu1")
+    kept = info.value
+    gc.collect()  # cycles of frames are the collector's; a pinning traceback is not
+    assert (emulator.live_bos(), emulator.locked_bytes()) == (0, 0)
+    assert kept.__traceback__ is not None  # still a usable error

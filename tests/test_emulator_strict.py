@@ -59,7 +59,7 @@ ALL_NAMES = [(name, gen) for gen, names in xrt.VBNV_NAMES.items() for name in na
 def test_every_driver_name_opens_as_its_generation(name, generation):
     """Every vbnv string the driver reports is a known generation: no profile needed."""
     assert generation_of(name, None) == generation
-    with NpuDevice.open(GEMM, device="emulator", name=name) as npu:
+    with NpuDevice.open(GEMM, device="emulator", name=name, generation=generation) as npu:
         assert (npu.info.name, npu.info.generation) == (name, generation)
 
 
@@ -114,12 +114,14 @@ class Counter:
 def counts_per_second_while_waiting(hold_gil: bool, wait) -> tuple[float, float]:
     """(counts per second of another thread during ``wait(run)``, and when idle)."""
     rng = np.random.default_rng(1)
-    with rig(timing=slow(0.25), hold_gil=hold_gil) as r, Counter() as counter:
+    # Long enough that the block's CPU compute (GIL free, slower on a loaded
+    # machine) is a small part of the wait.
+    with rig(timing=slow(0.5), hold_gil=hold_gil) as r, Counter() as counter:
         idle, idle_s = counter.during(lambda: time.sleep(0.1))
         a, b = operands(rng)
         run, bo_c = gemm_run(r, a, b)
         counted, waited = counter.during(lambda: wait(run))
-        assert waited > 0.15
+        assert waited > 0.3
         assert np.array_equal(read_c(bo_c, *BLOCK[::2]), exact(a, b))
     return counted / waited, idle / idle_s
 
@@ -128,7 +130,7 @@ def test_wait_holds_the_gil_through_the_modelled_run():
     """pyxrt's run.wait() keeps the GIL: a thread that needs it stops for the run."""
     held, idle = counts_per_second_while_waiting(True, lambda run: run.wait())
     free, _ = counts_per_second_while_waiting(False, lambda run: run.wait())
-    assert held < 0.1 * idle
+    assert held < 0.2 * idle
     assert free > 0.3 * idle
 
 
@@ -225,21 +227,25 @@ def test_the_default_limit_is_the_processs_rlimit():
 
 
 def test_allocate_slot_checks_the_limit_first_and_says_how_to_raise_it():
-    with NpuDevice.open(GEMM, device="emulator", memlock_bytes=256 * KIB) as npu:
+    # Room for the known-answer run at open (one BLOCK) and its instructions, not for two BLOCKs.
+    with NpuDevice.open(GEMM, device="emulator", memlock_bytes=320 * KIB) as npu:
+        first = npu.allocate_slot(BLOCK)  # 16 + 16 + 256 KiB fits
         bos = xrt.live_bos()
         with pytest.raises(DeviceError) as refused:
-            npu.allocate_slot(BLOCK)  # 16 + 16 + 256 KiB
+            npu.allocate_slot(BLOCK)  # a second one does not
         for fix in ("/etc/security/limits.conf", "LimitMEMLOCK", "ulimit -l"):
             assert fix in str(refused.value)
         assert xrt.live_bos() == bos  # nothing allocated, nothing leaked
-        slot = npu.allocate_slot((256, 64, 64))  # 16 + 4 + 64 KiB fits
+        npu.free_slot(first)
+        slot = npu.allocate_slot((256, 64, 64))  # 16 + 4 + 64 KiB fits once it is freed
         npu.free_slot(slot)
 
 
 def test_a_raw_refusal_from_xrt_becomes_a_device_error(monkeypatch):
     """A refusal the pre-check could not foresee (the limit was misread) still
     comes back as a DeviceError naming the limit, and leaks nothing."""
-    with NpuDevice.open(GEMM, device="emulator", memlock_bytes=128 * KIB) as npu:
+    with NpuDevice.open(GEMM, device="emulator", memlock_bytes=320 * KIB) as npu:
+        first = npu.allocate_slot(BLOCK)
         monkeypatch.setattr(npu._session, "memlock", lambda: (None, 0))
         bos = xrt.live_bos()
         with pytest.raises(DeviceError, match="XRT said: bo allocation failed") as refused:
@@ -247,6 +253,7 @@ def test_a_raw_refusal_from_xrt_becomes_a_device_error(monkeypatch):
         assert "ulimit -l unlimited" in str(refused.value)
         gc.collect()
         assert xrt.live_bos() == bos
+        npu.free_slot(first)
 
 
 @pytest.mark.anyio

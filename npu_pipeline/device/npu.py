@@ -20,7 +20,7 @@ from npu_pipeline.device.queue import CommandQueue
 from npu_pipeline.device.slots import Slot, SlotBuffers
 from npu_pipeline.device.submission import Completion, RunShape, Submission
 from npu_pipeline.device.xrt import XrtSession, select_backend
-from npu_pipeline.errors import DeviceError, OptionError, ShapeError, explain
+from npu_pipeline.errors import DeviceError, OptionError, ShapeError, detached, explain
 
 #: One wait slice, ms: pyxrt holds the GIL inside ``run.wait``
 #: (docs/hardware-facts.md#the-pyxrt-binding).
@@ -217,9 +217,10 @@ class NpuDevice:
             # The check is not a sample of its block's pace (a first run is cold).
             npu._queue = CommandQueue(session, npu._buffers, info.runs_in_flight)
             session.plan_faults(planned, known_answer.KNOWN_ANSWER_RUNS)
-        except BaseException:
+        except BaseException as error:
             npu.close()
-            raise
+            # Raised without the frames that held the known-answer slot's BOs.
+            raise detached(error) from error.__cause__
         return npu
 
     @property
