@@ -261,6 +261,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return anyio.run(_demo, args, npu1_plan, backend=args.backend)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from npu_pipeline.doctor import diagnose
+
+    report = diagnose(device=args.device, emulate=args.emulate, kernel=args.kernel)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return report.exit_code
+
+
 def _check_before_work(args: argparse.Namespace) -> None:
     """Refuse, before any work runs, the arguments that would only fail after it.
 
@@ -372,6 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape(run)
     _add_run_options(run)
     run.set_defaults(func=_cmd_run)
+
+    from npu_pipeline.doctor import EMULATED_FAILURES
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check XRT, the device, memlock, builds and a verified run; exit 1 on a failure",
+    )
+    doctor.add_argument("--device", default="auto", choices=("auto", "emulator", "xrt"))
+    doctor.add_argument("--kernel", default="gemm_i8_i32", help="kernel contract name or path")
+    doctor.add_argument(
+        "--emulate",
+        default=None,
+        choices=tuple(EMULATED_FAILURES),
+        help="the emulator plays this failure",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(func=_cmd_doctor)
 
     demo = sub.add_parser(
         "demo", help="plan and run a Whisper-base FC1 matmul (1500x512 @ 512x2048), verified"

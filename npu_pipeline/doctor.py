@@ -1,0 +1,598 @@
+"""``npu-pipeline doctor``: is this machine ready to run matmuls on its NPU, and if not, why?
+
+Each check is a small function returning a :class:`Finding`: its name, a
+status (``ok``, ``warn``, ``fail``, or ``not checked`` with the reason), what
+was seen, and the fix. :func:`diagnose` runs them in order and gathers a
+:class:`Report`; the command prints it (or its JSON) and exits 1 when a
+check failed. docs/troubleshooting.md has one entry per failure a check
+names, with the same fix.
+
+The same code runs on the emulated NPU, which can play a failure
+(:data:`EMULATED_FAILURES`: ``doctor --emulate low-memlock``), so that every
+diagnosis is tested without hardware. Checks that need what the machine has
+(its XRT, ``/dev/accel``, the amdxdna module) read the machine even then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from npu_pipeline import emulator
+from npu_pipeline.contract import KernelContract, load_contract
+from npu_pipeline.errors import NpuPipelineError
+
+#: Finding statuses, best first. ``not checked`` never counts as a pass or a failure.
+STATUSES = ("ok", "warn", "fail", "not checked")
+
+#: Where an XRT installation records its version (Xilinx/XRT packaging).
+XRT_VERSION_FILE = Path("/opt/xilinx/xrt/version.json")
+
+#: The amdxdna watchdog parameter: ``(sysfs file, unit seconds)``; the
+#: out-of-tree driver (amd/xdna-driver ``src/driver/amdxdna``) names it
+#: ``timeout_in_sec``, the in-tree one (Linux ``drivers/accel/amdxdna``) ``tdr_timeout_ms``.
+WATCHDOG_PARAMETERS = (
+    (Path("/sys/module/amdxdna/parameters/timeout_in_sec"), 1.0),
+    (Path("/sys/module/amdxdna/parameters/tdr_timeout_ms"), 1e-3),
+)
+
+#: The fix for a low ``RLIMIT_MEMLOCK``, as docs/troubleshooting.md#low-memlock gives it.
+MEMLOCK_FIX = (
+    "Raise the locked-memory limit for your user and log in again: a line "
+    "'<user> - memlock unlimited' in /etc/security/limits.conf (or a file in "
+    "/etc/security/limits.d/); for a systemd service, LimitMEMLOCK=infinity in its unit; "
+    "in a shell whose hard limit allows it, ulimit -l unlimited. Or pass a smaller "
+    "memory_budget= (docs/hardware.md#memlock-done-right)."
+)
+
+#: ``doctor --emulate NAME``: the emulator options that play each failure, or ``None``
+#: with the reason while the emulator cannot play it. Each plays the failure
+#: docs/troubleshooting.md describes under the same name.
+EMULATED_FAILURES: dict[str, tuple[dict[str, Any] | None, str]] = {
+    "no-device": (None, "the emulator has no option that reports no device yet"),
+    "low-memlock": (None, "the emulator does not emulate RLIMIT_MEMLOCK yet"),
+    "wrong-insts-unit": (None, "the emulator cannot play a wrong instruction-count unit yet"),
+    "zeros-returned": (None, "the emulator cannot play runs that return zeros yet"),
+}
+
+#: Shape of the small verified matmul: odd sizes, so padding is exercised.
+CHECK_SHAPE = (97, 130, 75)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The outcome of one check.
+
+    Attributes:
+        name: what was checked (``"pyxrt"``, ``"memlock"``, ...).
+        status: one of :data:`STATUSES`.
+        seen: what the check saw (for ``not checked``: why it was not checked).
+        fix: what to do about a ``warn`` or ``fail``; empty otherwise.
+        data: the figures behind ``seen``, for the JSON report.
+    """
+
+    name: str
+    status: str
+    seen: str
+    fix: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return dataclasses.asdict(self)
+
+
+def not_checked(name: str, why: str) -> Finding:
+    """A finding for a check that could not run here, saying why."""
+    return Finding(name, "not checked", why)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Every finding of one ``doctor`` run.
+
+    Attributes:
+        device: the ``--device`` asked for.
+        emulated_failure: the failure the emulator played, or ``None``.
+        findings: the checks' findings, in the order they ran.
+    """
+
+    device: str
+    emulated_failure: str | None
+    findings: tuple[Finding, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when a check failed, else 0 (warnings and unchecked items do not fail)."""
+        return 1 if any(f.status == "fail" for f in self.findings) else 0
+
+    def counts(self) -> dict[str, int]:
+        """How many findings have each status."""
+        return {s: sum(f.status == s for f in self.findings) for s in STATUSES}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, with the exit code."""
+        return {
+            "device": self.device,
+            "emulated_failure": self.emulated_failure,
+            "findings": [f.to_dict() for f in self.findings],
+            "counts": self.counts(),
+            "exit_code": self.exit_code,
+        }
+
+    def format(self) -> str:
+        """One line per finding (``[ ok ]``, ``[WARN]``, ``[FAIL]``, ``[ -- ]``), fixes indented."""
+        tags = {"ok": "[ ok ]", "warn": "[WARN]", "fail": "[FAIL]", "not checked": "[ -- ]"}
+        played = f"; the emulator plays {self.emulated_failure!r}" if self.emulated_failure else ""
+        lines = [f"npu-pipeline doctor (device {self.device}{played})"]
+        for f in self.findings:
+            seen = f"not checked: {f.seen}" if f.status == "not checked" else f.seen
+            lines.append(f"{tags[f.status]} {f.name:<14} {seen}")
+            if f.fix:
+                lines.append(f"{'':>21}fix: {f.fix}")
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
+        lines.append(f"summary: {counts}; exit {self.exit_code}")
+        return "\n".join(lines)
+
+
+# -- the checks ------------------------------------------------------------------
+
+
+def _pyxrt_version(module: ModuleType) -> str | None:
+    for attribute in ("__version__", "version"):
+        value = getattr(module, attribute, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def xrt_version() -> tuple[str | None, str]:
+    """XRT's version, and where it was read: ``version.json``, ``xrt-smi --version``, or why not."""
+    try:
+        info = json.loads(XRT_VERSION_FILE.read_text())
+        version = info.get("BUILD_VERSION") or info.get("version")
+        if version:
+            return str(version), str(XRT_VERSION_FILE)
+    except (OSError, ValueError, AttributeError):
+        pass
+    smi = shutil.which("xrt-smi") or shutil.which("xrt-smi", path="/opt/xilinx/xrt/bin")
+    if smi is None:
+        return None, f"no {XRT_VERSION_FILE} and no xrt-smi on PATH"
+    try:
+        out = subprocess.run(
+            [smi, "--version"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, f"{smi} --version failed ({error})"
+    found = re.search(r"Version\s*:\s*(\S+)", out)
+    return (found[1] if found else None), f"{smi} --version"
+
+
+def check_pyxrt(device: str, module: ModuleType | None, import_error: str) -> Finding:
+    """Whether ``pyxrt`` imports, its and XRT's version, and whether it has ``runlist``.
+
+    ``module`` is the imported pyxrt (``None`` when it did not import:
+    ``import_error`` says why). Without it, ``device="xrt"`` fails; otherwise
+    the emulated NPU is used, which is worth a warning.
+    """
+    version, where = xrt_version()
+    data: dict[str, Any] = {"xrt_version": version, "xrt_version_source": where}
+    if module is None:
+        fix = (
+            "Install XRT and the amdxdna driver, then `source /opt/xilinx/xrt/setup.sh` "
+            "(docs/hardware.md#installing-xrt-and-the-amdxdna-driver); or use the emulator."
+        )
+        status = "fail" if device == "xrt" else "warn"
+        seen = f"pyxrt is not importable ({import_error}); the checks below use the emulated NPU"
+        return Finding("pyxrt", status, seen, fix, {**data, "importable": False})
+    runlist = hasattr(module, "runlist")
+    data.update(
+        importable=True,
+        pyxrt_version=_pyxrt_version(module),
+        pyxrt_file=getattr(module, "__file__", None),
+        runlist=runlist,
+    )
+    seen = (
+        f"pyxrt {data['pyxrt_version'] or '(no version attribute)'} from {data['pyxrt_file']}; "
+        f"XRT {version or 'version unknown'} ({where}); "
+        + ("runlist present" if runlist else "no runlist (older XRT: one command per run)")
+    )
+    return Finding("pyxrt", "ok", seen, "", data)
+
+
+def check_accel_nodes(required: bool, pattern: str = "/dev/accel/accel*") -> Finding:
+    """Whether the NPU's device nodes exist and this user can read and write them.
+
+    Missing or inaccessible nodes fail when a real device is ``required``, else warn.
+    """
+    nodes = sorted(glob.glob(pattern))
+    bad = "fail" if required else "warn"
+    if not nodes:
+        return Finding(
+            "/dev/accel",
+            bad,
+            f"no {pattern}: no NPU driver is bound (amdxdna not loaded, or no NPU)",
+            "Install and load the amdxdna driver (docs/troubleshooting.md#no-device-or-no-pyxrt).",
+        )
+    access = {n: os.access(n, os.R_OK | os.W_OK) for n in nodes}
+    denied = [n for n, ok in access.items() if not ok]
+    if denied:
+        return Finding(
+            "/dev/accel",
+            bad,
+            f"{', '.join(denied)} not readable and writable by this user",
+            "Add your user to the group that owns the node (often 'render': "
+            "sudo usermod -aG render $USER, then log in again).",
+            {"nodes": access},
+        )
+    return Finding(
+        "/dev/accel", "ok", f"{', '.join(nodes)} readable and writable", "", {"nodes": access}
+    )
+
+
+def check_device_name(name: str | None, error: str | None) -> tuple[Finding, str | None]:
+    """The device's name (the driver's vbnv) and the NPU generation read from it.
+
+    Returns the finding and the generation (``None`` when it cannot be told).
+    """
+    from npu_pipeline.device.discovery import generation_of
+
+    if name is None:
+        return (
+            Finding(
+                "device",
+                "fail",
+                f"no NPU could be opened ({error})",
+                "Check the driver (docs/troubleshooting.md#no-device-or-no-pyxrt).",
+            ),
+            None,
+        )
+    try:
+        generation = generation_of(name, None)
+    except NpuPipelineError:
+        return (
+            Finding(
+                "device",
+                "fail",
+                f"device name {name!r}: its NPU generation is unknown",
+                "Pass profile='npu1' or 'npu2' to open_pipeline, and report the name "
+                "(docs/troubleshooting.md#unknown-device-name).",
+                {"name": name},
+            ),
+            None,
+        )
+    return (
+        Finding(
+            "device",
+            "ok",
+            f"{name!r}: generation {generation}",
+            "",
+            {"name": name, "generation": generation},
+        ),
+        generation,
+    )
+
+
+def memlock_limit() -> int | None:
+    """This process's soft ``RLIMIT_MEMLOCK`` in bytes, ``None`` for unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def check_memlock(limit: int | None, needed: int, source: str) -> Finding:
+    """``RLIMIT_MEMLOCK`` (``limit`` bytes, ``None`` unlimited) against ``needed`` bytes.
+
+    NPU buffers are pinned host memory that counts against the limit; the
+    default plan pins up to the profile's memory budget.
+    """
+    data = {"limit_bytes": limit, "needed_bytes": needed, "source": source}
+    shown = "unlimited" if limit is None else f"{limit / 2**20:g} MiB"
+    seen = f"RLIMIT_MEMLOCK {shown} ({source}); the default plan pins {needed / 2**20:g} MiB"
+    if limit is not None and limit < needed:
+        return Finding("memlock", "fail", seen, MEMLOCK_FIX, data)
+    return Finding("memlock", "ok", seen, "", data)
+
+
+def check_watchdog(
+    expected_s: float, parameters: tuple[tuple[Path, float], ...] = WATCHDOG_PARAMETERS
+) -> Finding:
+    """The amdxdna watchdog period, read from the module's parameter, against the profile's."""
+    for path, unit in parameters:
+        try:
+            value = float(path.read_text().strip()) * unit
+        except (OSError, ValueError):
+            continue
+        data = {"parameter": str(path), "watchdog_s": value, "profile_watchdog_s": expected_s}
+        seen = f"{path.name} = {path.read_text().strip()} ({value:g} s)"
+        if value == 0:
+            return Finding(
+                "watchdog",
+                "warn",
+                seen + ": the watchdog is off, a hung run blocks for ever",
+                "Reload amdxdna with the default (docs/troubleshooting.md#watchdog-or-tdr).",
+                data,
+            )
+        if value < expected_s:
+            return Finding(
+                "watchdog",
+                "warn",
+                seen + f", shorter than the profile's {expected_s:g} s",
+                f"Pass a profile with watchdog_s={value:g}, so the planner keeps runs under it.",
+                data,
+            )
+        return Finding("watchdog", "ok", seen, "", data)
+    names = " or ".join(str(p) for p, _ in parameters)
+    return not_checked("watchdog", f"{names} not readable (amdxdna not loaded here)")
+
+
+def build_dir(contract: KernelContract, generation: str) -> Path:
+    """The folder where ``contract``'s build files for ``generation`` are looked for."""
+    del generation  # one folder for every generation until the build layout says otherwise
+    return Path(contract.source).parent
+
+
+def find_builds(contract: KernelContract, generation: str) -> dict[tuple[int, int, int], Path]:
+    """The instruction files of ``contract``'s build folder, by block shape."""
+    pattern = re.escape(contract.instr_file)
+    for axis in "mkn":
+        pattern = pattern.replace(re.escape("{" + axis + "}"), r"(\d+)")
+    found = {}
+    for path in sorted(build_dir(contract, generation).glob("*")):
+        match = re.fullmatch(pattern, path.name)
+        if match:
+            found[tuple(int(g) for g in match.groups())] = path
+    return found
+
+
+def check_builds(
+    contract: KernelContract, generation: str, module: ModuleType | None, emulated: bool
+) -> Finding:
+    """The kernel builds found: the xclbin and one instruction file per block, and the
+    xclbin's argument count against the contract's."""
+    if emulated:
+        return not_checked(
+            "builds", "the emulated NPU makes its xclbin and instructions from the contract"
+        )
+    folder = build_dir(contract, generation)
+    xclbin_path = folder / contract.xclbin
+    blocks = find_builds(contract, generation)
+    data: dict[str, Any] = {"folder": str(folder), "blocks": [list(b) for b in blocks]}
+    build_fix = "Build the kernel (docs/hardware.md#building-the-kernels)."
+    if not xclbin_path.is_file():
+        return Finding("builds", "fail", f"no {xclbin_path}", build_fix, data)
+    if not blocks:
+        return Finding("builds", "fail", f"no {contract.instr_file} in {folder}", build_fix, data)
+    problems = []
+    for block in blocks:
+        try:
+            contract.check_block(block, generation)
+        except NpuPipelineError as error:
+            problems.append(f"{'x'.join(map(str, block))}: {error}")
+    args = None
+    if module is not None:
+        try:
+            kernels = module.xclbin(str(xclbin_path)).get_kernels()
+            args = {k.get_name(): k.get_num_args() for k in kernels}.get(contract.kernel_name)
+        except RuntimeError as error:
+            problems.append(f"{xclbin_path} does not load ({error})")
+    data["xclbin_arguments"] = args
+    if args is not None and args != len(contract.arguments):
+        problems.append(
+            f"kernel {contract.kernel_name} takes {args} arguments, the contract names "
+            f"{len(contract.arguments)} ({', '.join(contract.arguments)})"
+        )
+    seen = f"{xclbin_path.name} and {len(blocks)} instruction file(s) in {folder}"
+    if problems:
+        return Finding("builds", "fail", seen + "; " + "; ".join(problems), build_fix, data)
+    return Finding("builds", "ok", seen, "", data)
+
+
+def known_answer_operands(block: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed int8 operands of one block (seeded), as a known-answer test uses them."""
+    m, k, n = block
+    rng = np.random.default_rng(12)
+    return (
+        rng.integers(-128, 128, size=(m, k), dtype=np.int8),
+        rng.integers(-128, 128, size=(k, n), dtype=np.int8),
+    )
+
+
+def run_block(npu: Any, block: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Run one ``block_gemm`` block of known operands on the open ``npu``: (result, expected)."""
+    a, b = known_answer_operands(block)
+    m, k, n = block
+    slot = npu.allocate_slot(block)
+    try:
+        slot.view("a", np.int8)[: m * k] = a.ravel()
+        slot.view("b", np.int8)[: k * n] = b.ravel()
+        slot.view("c", np.int32)[: m * n] = -1  # so that an untouched output shows
+        npu.wait(npu.start(slot, block))
+        got = slot.view("c", np.int32)[: m * n].reshape(m, n).astype(np.int64)
+    finally:
+        npu.free_slot(slot)
+    return got, a.astype(np.int64) @ b.astype(np.int64)
+
+
+def check_known_answer(
+    open_device: Callable[[KernelContract], Any], contract: KernelContract
+) -> Finding:
+    """One block of known operands on the device, compared exactly; on a wrong answer,
+    the run again with the other instruction-count unit, to say which one this
+    firmware expects (docs/troubleshooting.md#wrong-instruction-count-unit)."""
+    if contract.semantic != "block_gemm" or contract.layout != "row_major":
+        return not_checked("known answer", f"written for row-major block_gemm, not {contract.name}")
+
+    def attempt(c: KernelContract) -> tuple[str, str]:
+        try:
+            with open_device(c) as npu:
+                block = c.target(npu.info.generation).block_granularity
+                got, expected = run_block(npu, block)
+        except NpuPipelineError as error:
+            return "error", f"{type(error).__name__}: {error}"
+        if np.array_equal(got, expected):
+            return "exact", f"block {'x'.join(map(str, block))} exact"
+        if not got.any():
+            return "zeros", f"block {'x'.join(map(str, block))} returned all zeros"
+        return (
+            "wrong",
+            f"block {'x'.join(map(str, block))}: {int((got != expected).sum())} wrong elements",
+        )
+
+    outcome, seen = attempt(contract)
+    if outcome == "exact":
+        return Finding("known answer", "ok", seen, "", {"count_unit": contract.instr_count_unit})
+    other = "bytes" if contract.instr_count_unit == "words" else "words"
+    retry, retry_seen = attempt(dataclasses.replace(contract, instr_count_unit=other))
+    data = {"count_unit": contract.instr_count_unit, "other_unit": other, "other_outcome": retry}
+    if retry == "exact":
+        return Finding(
+            "known answer",
+            "fail",
+            f"{seen} with the instruction count in {contract.instr_count_unit}; exact in {other}",
+            f'Set "count_unit": "{other}" under "instructions" in {contract.source} '
+            "(docs/troubleshooting.md#wrong-instruction-count-unit).",
+            data,
+        )
+    fix = (
+        "The instruction stream does not match the xclbin: rebuild both from the same "
+        "design (docs/troubleshooting.md#zeros-returned)."
+        if outcome == "zeros"
+        else "See docs/troubleshooting.md#zeros-returned."
+    )
+    return Finding("known answer", "fail", f"{seen}; in {other} too: {retry_seen}", fix, data)
+
+
+async def _verified_matmul(shape: tuple[int, int, int], **options: Any) -> tuple[bool, str]:
+    from npu_pipeline.pipeline import open_pipeline
+
+    m, k, n = shape
+    rng = np.random.default_rng(7)
+    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
+    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+    async with open_pipeline(**options) as pipe:
+        c = await pipe.matmul(a, b, out_dtype=np.int32)
+        name = pipe.device_info.name
+    ok = np.array_equal(c.astype(np.int64), a.astype(np.int64) @ b.astype(np.int64))
+    return ok, name
+
+
+def check_matmul(options: dict[str, Any], shape: tuple[int, int, int] = CHECK_SHAPE) -> Finding:
+    """A small matmul through ``open_pipeline(**options)``, compared exactly with int64."""
+    import anyio
+
+    label = "x".join(map(str, shape))
+    try:
+        ok, name = anyio.run(lambda: _verified_matmul(shape, **options))
+    except NpuPipelineError as error:
+        return Finding(
+            "matmul",
+            "fail",
+            f"{label} failed: {type(error).__name__}: {error}",
+            "See the findings above and docs/troubleshooting.md.",
+        )
+    if not ok:
+        return Finding(
+            "matmul",
+            "fail",
+            f"{label} on {name!r} is NOT exact",
+            "See docs/troubleshooting.md#zeros-returned.",
+        )
+    return Finding("matmul", "ok", f"{label} on {name!r} exact (equals A @ B in int64)")
+
+
+# -- running them ------------------------------------------------------------------
+
+
+def read_device_name(
+    module: ModuleType | None, options: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    """Device 0's name as the driver reports it (``get_info(name)``), or ``None`` and why not.
+
+    ``options`` go to the emulated device (``module`` is then the emulator).
+    """
+    if module is None:
+        return None, "no pyxrt"
+    try:
+        if module.enumerate_devices() < 1:
+            return None, "enumerate_devices() found no device"
+        dev = module.device(0, **options) if module is emulator else module.device(0)
+        try:
+            return str(dev.get_info(module.xrt_info_device.name)), None
+        finally:
+            if module is emulator:
+                dev.close()
+    except RuntimeError as error:
+        return None, f"{type(error).__name__}: {error}"
+
+
+def import_pyxrt() -> tuple[ModuleType | None, str]:
+    """The real ``pyxrt`` module, or ``None`` and why it does not import."""
+    try:
+        import pyxrt  # type: ignore[import-not-found]
+    except ImportError as error:
+        return None, str(error)
+    return pyxrt, ""
+
+
+def diagnose(
+    device: str = "auto", emulate: str | None = None, kernel: str = "gemm_i8_i32"
+) -> Report:
+    """Run every check for ``device`` (``auto``, ``emulator`` or ``xrt``) and gather the report.
+
+    Args:
+        device: which device the checks open, as ``open_pipeline(device=...)``.
+        emulate: a name of :data:`EMULATED_FAILURES`: the emulated NPU plays it
+            (implies the emulator).
+        kernel: the kernel contract whose builds and runs are checked.
+    """
+    from npu_pipeline.device import NpuDevice
+    from npu_pipeline.profiles import get_profile
+
+    contract = load_contract(kernel)
+    pyxrt, import_error = import_pyxrt()
+    findings = [check_pyxrt(device, pyxrt, import_error)]
+    options: dict[str, Any] = {}
+    if emulate is not None:
+        options, why = EMULATED_FAILURES[emulate]
+        if options is None:
+            findings.append(not_checked(f"emulate {emulate}", why))
+            return Report(device, emulate, tuple(findings))
+        device = "emulator"
+    emulated = device == "emulator" or (device == "auto" and pyxrt is None)
+    findings.append(check_accel_nodes(required=not emulated))
+    module = emulator if emulated else pyxrt
+    device_finding, generation = check_device_name(*read_device_name(module, options))
+    findings.append(device_finding)
+    profile = get_profile(generation or "npu1")
+    findings.append(
+        check_memlock(memlock_limit(), profile.memory_budget_bytes, "this process, getrlimit")
+    )
+    findings.append(check_watchdog(profile.watchdog_s))
+    findings.append(check_builds(contract, generation or "npu1", module, emulated))
+    if generation is None:
+        findings.append(not_checked("known answer", "no device was opened"))
+        findings.append(not_checked("matmul", "no device was opened"))
+        return Report(device, emulate, tuple(findings))
+    backend = "emulator" if emulated else "xrt"
+    findings.append(
+        check_known_answer(lambda c: NpuDevice.open(c, device=backend, **options), contract)
+    )
+    findings.append(
+        check_matmul(
+            {"device": backend, "kernel": contract, "device_options": options, "host_path": False}
+        )
+    )
+    return Report(device, emulate, tuple(findings))
