@@ -1,0 +1,225 @@
+"""``npu-pipeline doctor``: run as a user runs it, and each check on its own."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from npu_pipeline import doctor, emulator
+from npu_pipeline.contract import load_contract
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_doctor(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m npu_pipeline doctor ARGS`` with the user's environment (calibration on)."""
+    env = {k: v for k, v in os.environ.items() if k != "NPU_PIPELINE_CALIBRATION"}
+    return subprocess.run(
+        [sys.executable, "-m", "npu_pipeline", "doctor", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_doctor_on_this_machine_passes_on_the_emulator_and_says_so():
+    done = run_doctor()
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "[ ok ] known answer   block 256x64x256 exact" in out
+    assert "[ ok ] matmul" in out and "exact (equals A @ B in int64)" in out
+    assert "(emulated)" in out  # the device it checked is named as the emulator
+    assert out.rstrip().endswith("exit 0")
+
+
+def test_doctor_json_lists_every_check_with_a_status():
+    done = run_doctor("--json", "--device", "emulator")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    names = [f["name"] for f in report["findings"]]
+    assert names == [
+        "pyxrt",
+        "/dev/accel",
+        "device",
+        "memlock",
+        "watchdog",
+        "builds",
+        "known answer",
+        "matmul",
+    ]
+    assert {f["status"] for f in report["findings"]} <= set(doctor.STATUSES)
+    assert report["exit_code"] == 0
+    by_name = {f["name"]: f for f in report["findings"]}
+    assert by_name["device"]["data"]["generation"] == "npu1"
+    assert by_name["builds"]["status"] == "not checked"  # the emulator reads no build files
+
+
+def test_device_xrt_without_pyxrt_fails_with_the_install_fix():
+    pyxrt, _ = doctor.import_pyxrt()
+    if pyxrt is not None:
+        pytest.skip("pyxrt is installed here")
+    done = run_doctor("--device", "xrt")
+    assert done.returncode == 1
+    assert "[FAIL] pyxrt" in done.stdout and "source /opt/xilinx/xrt/setup.sh" in done.stdout
+
+
+# -- the checks, one by one ------------------------------------------------------------
+
+
+def test_memlock_below_the_plan_fails_with_the_three_ways_to_raise_it():
+    low = doctor.check_memlock(1 << 20, 4 << 20, "test")
+    assert low.status == "fail"
+    for way in ("limits.conf", "LimitMEMLOCK", "ulimit -l"):
+        assert way in low.fix
+    assert doctor.check_memlock(None, 4 << 20, "test").status == "ok"
+    assert doctor.check_memlock(8 << 20, 4 << 20, "test").status == "ok"
+
+
+def test_watchdog_parameter_is_read_in_its_unit(tmp_path):
+    seconds, millis = tmp_path / "timeout_in_sec", tmp_path / "tdr_timeout_ms"
+    parameters = ((seconds, 1.0), (millis, 1e-3))
+    assert doctor.check_watchdog(2.0, parameters).status == "not checked"
+    millis.write_text("2000\n")
+    found = doctor.check_watchdog(2.0, parameters)
+    assert (found.status, found.data["watchdog_s"]) == ("ok", 2.0)
+    millis.write_text("500\n")
+    assert doctor.check_watchdog(2.0, parameters).status == "warn"
+    seconds.write_text("0\n")  # the out-of-tree name is read first
+    off = doctor.check_watchdog(2.0, parameters)
+    assert off.status == "warn" and "off" in off.seen
+
+
+def test_accel_nodes_missing_or_not_writable(tmp_path, monkeypatch):
+    pattern = str(tmp_path / "accel*")
+    assert doctor.check_accel_nodes(required=True, pattern=pattern).status == "fail"
+    assert doctor.check_accel_nodes(required=False, pattern=pattern).status == "warn"
+    node = tmp_path / "accel0"
+    node.write_text("")
+    assert doctor.check_accel_nodes(required=True, pattern=pattern).status == "ok"
+    # Permissions as a user without the node's group sees them (root passes any mode).
+    monkeypatch.setattr(doctor.os, "access", lambda path, mode: False)
+    denied = doctor.check_accel_nodes(required=True, pattern=pattern)
+    assert denied.status == "fail" and "render" in denied.fix
+
+
+@pytest.mark.parametrize(
+    ("name", "generation"),
+    [("NPU Phoenix", "npu1"), ("NPU Strix", "npu2"), ("NPU Phoenix (emulated)", "npu1")],
+)
+def test_device_name_gives_the_generation(name, generation):
+    finding, found = doctor.check_device_name(name, None)
+    assert (finding.status, found) == ("ok", generation)
+
+
+def test_unknown_device_name_fails_and_says_which_profile_to_pass():
+    finding, generation = doctor.check_device_name("NPU Future 9", None)
+    assert generation is None and finding.status == "fail"
+    assert "profile='npu1'" in finding.fix
+    finding, _ = doctor.check_device_name(None, "enumerate_devices() found no device")
+    assert finding.status == "fail" and "found no device" in finding.seen
+
+
+def _build_folder(tmp_path: Path) -> Path:
+    source = load_contract("gemm_i8_i32")
+    folder = tmp_path / "gemm"
+    folder.mkdir()
+    (folder / "kernel.json").write_text(Path(source.source).read_text())
+    return folder
+
+
+def test_builds_need_the_xclbin_and_instruction_files(tmp_path):
+    folder = _build_folder(tmp_path)
+    contract = load_contract(folder / "kernel.json")
+    missing = doctor.check_builds(contract, "npu1", emulator, emulated=False)
+    assert missing.status == "fail" and "final.xclbin" in missing.seen
+    (folder / "final.xclbin").write_bytes(b"")
+    (folder / "insts_256x64x256.bin").write_bytes(b"")
+    # The emulator's xclbin stands in for pyxrt's: it reports the contract's 6 arguments.
+    found = doctor.check_builds(contract, "npu1", emulator, emulated=False)
+    assert found.status == "ok", found.seen
+    assert found.data["blocks"] == [[256, 64, 256]] and found.data["xclbin_arguments"] == 6
+    (folder / "insts_100x64x256.bin").write_bytes(b"")  # not a legal npu1 block
+    illegal = doctor.check_builds(contract, "npu1", emulator, emulated=False)
+    assert illegal.status == "fail" and "100x64x256" in illegal.seen
+
+
+class _FakeNpu:
+    """A device whose runs are right only when the host counts instructions in ``unit``;
+    otherwise they return zeros, as a firmware reading the wrong count does."""
+
+    def __init__(self, contract, unit):
+        self.contract, self.unit = contract, unit
+        self.info = SimpleNamespace(generation="npu1")
+
+    def allocate_slot(self, block):
+        m, k, n = block
+        views = {"a": np.zeros(m * k, np.int8), "b": np.zeros(k * n, np.int8)}
+        views["c"] = np.zeros(m * n, np.int32)
+        return SimpleNamespace(view=lambda name, dtype=None: views[name], block=block)
+
+    def start(self, slot, block):
+        m, k, n = block
+        a = slot.view("a").reshape(m, k).astype(np.int64)
+        b = slot.view("b").reshape(k, n).astype(np.int64)
+        right = self.contract.instr_count_unit == self.unit
+        slot.view("c")[:] = (a @ b).ravel() if right else 0
+        return slot
+
+    def wait(self, submission):
+        return submission
+
+    def free_slot(self, slot):
+        pass
+
+
+def _opener(unit):
+    return lambda contract: contextlib.nullcontext(_FakeNpu(contract, unit))
+
+
+def test_known_answer_names_the_other_instruction_unit_when_it_is_the_right_one():
+    contract = load_contract("gemm_i8_i32")  # counts in words
+    assert doctor.check_known_answer(_opener("words"), contract).status == "ok"
+    wrong = doctor.check_known_answer(_opener("bytes"), contract)
+    assert wrong.status == "fail"
+    assert '"count_unit": "bytes"' in wrong.fix and "exact in bytes" in wrong.seen
+
+
+def test_known_answer_of_zeros_in_both_units_points_at_the_build():
+    contract = load_contract("gemm_i8_i32")
+    zeros = doctor.check_known_answer(_opener("neither"), contract)
+    assert zeros.status == "fail" and "all zeros" in zeros.seen
+    assert "troubleshooting.md#zeros-returned" in zeros.fix
+
+
+def test_known_answer_on_the_emulator_is_exact():
+    from npu_pipeline.device import NpuDevice
+
+    contract = load_contract("gemm_i8_i32")
+    found = doctor.check_known_answer(lambda c: NpuDevice.open(c, device="emulator"), contract)
+    assert found.status == "ok", found.seen
+
+
+def test_report_exit_code_and_format():
+    ok = doctor.Finding("a", "ok", "fine")
+    skipped = doctor.not_checked("b", "no module here")
+    failed = doctor.Finding("c", "fail", "broken", "mend it")
+    assert doctor.Report("auto", None, (ok, skipped)).exit_code == 0
+    report = doctor.Report("auto", None, (ok, skipped, failed))
+    assert report.exit_code == 1
+    text = report.format()
+    assert "[ -- ] b              not checked: no module here" in text
+    assert "fix: mend it" in text and text.endswith("exit 1")
+    assert report.to_dict()["counts"] == {"ok": 1, "warn": 0, "fail": 1, "not checked": 1}
+    assert dataclasses.asdict(failed)["fix"] == "mend it"

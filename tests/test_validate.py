@@ -1,0 +1,111 @@
+"""``npu-pipeline validate``: the acceptance run as a user runs it, and its parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npu_pipeline import validate
+from npu_pipeline.planner import plan_batches
+from npu_pipeline.profiles import DeviceProfile, get_profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _profile_from_file(path: Path) -> DeviceProfile:
+    data = json.loads(path.read_text())
+    data["core_ops_per_s"] = tuple(data["core_ops_per_s"].items())
+    data["sources"] = tuple(data["sources"].items())
+    return DeviceProfile(**data)
+
+
+def test_quick_validate_writes_a_report_and_a_profile_the_planner_takes(tmp_path):
+    report_path, profile_path = tmp_path / "report.json", tmp_path / "profile.json"
+    env = {k: v for k, v in os.environ.items() if k != "NPU_PIPELINE_CALIBRATION"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "npu_pipeline",
+            "validate",
+            "--quick",
+            "--json",
+            str(report_path),
+            "--profile-out",
+            str(profile_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "EMULATED" in done.stdout and "measured on the NPU" not in done.stdout
+    report = json.loads(report_path.read_text())
+    assert report["device"]["backend"] == "emulator"
+    assert report["label"].startswith("EMULATED")
+    assert len(report["exactness"]) == 2 * len(validate.QUICK_GRID)
+    assert all(row["exact"] for row in report["exactness"])
+    assert {row["dtype"] for row in report["exactness"]} == {"int32", "int8"}
+    for figure in ("single", "queued", "chained"):
+        assert 0 < report["dispatch"][figure] < 1.0
+    assert set(report["stages"]["ratio"]) == {"pack", "execute", "accumulate"}
+    assert report["stages"]["exact"] is True
+    assert report["versions"]["npu_pipeline"] and report["exit_code"] == 0
+    profile = _profile_from_file(profile_path)
+    assert profile.name.endswith("validated")
+    assert profile.dispatch_s == pytest.approx(report["dispatch"]["single"])
+    assert "npu-pipeline validate" in profile.source("dispatch_s")
+    assert plan_batches(512, 512, 512, profile=profile, host_path=False).batches
+
+
+def test_labels_never_call_emulated_figures_npu_timings():
+    assert validate.timing_label("hardware") == "measured on the NPU"
+    assert validate.timing_label("cpu").startswith("EMULATED")
+    assert validate.timing_label("modelled").startswith("MODELLED")
+
+
+def test_calibrated_profile_takes_the_measured_figures():
+    base = get_profile("npu1")
+    dispatch = {"single": 300e-6, "queued": 400e-6}
+    stages = {"ratio": {"pack": 2.0, "execute": 0.5, "accumulate": 1.0}}
+    profile = validate.calibrated_profile(base, dispatch, stages, "a test device")
+    assert profile.dispatch_s == 300e-6
+    assert profile.queued_dispatch_s == 300e-6  # never above a lone run's
+    assert profile.pack_bytes_per_s == pytest.approx(base.pack_bytes_per_s / 2)
+    assert profile.accumulate_bytes_per_s == base.accumulate_bytes_per_s
+    for (name, rate), (_, before) in zip(profile.core_ops_per_s, base.core_ops_per_s, strict=True):
+        assert rate == pytest.approx(2 * before), name
+    assert "a test device" in profile.source("pack_bytes_per_s")
+    assert profile.source("runs_in_flight") == base.source("runs_in_flight")
+
+
+class _WrongPipe:
+    """A pipeline whose results are off by one in one element."""
+
+    async def matmul(self, a, b, *, out_dtype=np.int32, shift=0, rounding=None):
+        exact = a.astype(np.int64) @ b.astype(np.int64)
+        if out_dtype == np.int8:
+            from npu_pipeline.reference import srs
+
+            return srs(exact, shift, rounding, "saturate")
+        wrong = exact.astype(np.int32)
+        wrong.flat[0] += 1
+        return wrong
+
+
+@pytest.mark.anyio
+async def test_a_wrong_element_fails_exactness():
+    rows = await validate.check_exactness(_WrongPipe(), ((3, 5, 7),))
+    assert [(r["dtype"], r["exact"]) for r in rows] == [("int32", False), ("int8", True)]
+    stages = {"exact": True, "shape": [1, 1, 1], "ratio": {"pack": 1.0}}
+    findings = validate._findings(rows, {"single": 1.0, "queued": 1.0}, stages, "test")
+    assert findings[0].status == "fail" and "3x5x7 int32" in findings[0].seen
