@@ -278,7 +278,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"report written to {args.json}")
     if args.profile_out:
-        Path(args.profile_out).write_text(json.dumps(report.profile, indent=2))
+        Path(args.profile_out).write_text(report.profile_text())
         print(f"calibrated profile written to {args.profile_out}")
     return report.exit_code
 

@@ -22,6 +22,7 @@ parameters and replaces what was measured, with the source of each.
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from npu_pipeline.doctor import Finding, import_pyxrt, not_checked
+from npu_pipeline.profiles import DeviceProfile
 from npu_pipeline.reference import srs
 
 #: Shapes of the exactness grid (M, K, N): edges, odd sizes, up to a few hundred.
@@ -80,10 +82,12 @@ class Validation:
         dispatch: seconds per run: ``single``, ``queued``, ``chained`` (with
             ``chained_as``: ``"runlist"`` or ``"single runs"``), and the profile's
             ``predicted_single`` and ``predicted_queued``.
-        stages: the stage run: ``shape``, per-stage ``measured_s``, ``predicted_s``
-            and ``ratio``, ``eta_measured``, ``eta_predicted``, ``wall_ratio``.
+        stages: the stage run: ``shape``, per-stage ``measured_s``, the plan's
+            ``predicted_s`` and ``ratio`` (measured / predicted), the profile's
+            uncorrected ``profile_s`` and ``profile_ratio``, ``eta_measured``,
+            ``eta_predicted``, ``wall_ratio``.
         findings: the verdicts.
-        profile: the calibrated profile, as ``DeviceProfile.to_dict()``.
+        profile: the calibrated profile.
     """
 
     versions: dict[str, Any]
@@ -93,7 +97,7 @@ class Validation:
     dispatch: dict[str, Any]
     stages: dict[str, Any]
     findings: tuple[Finding, ...]
-    profile: dict[str, Any]
+    profile: DeviceProfile
 
     @property
     def exit_code(self) -> int:
@@ -104,8 +108,13 @@ class Validation:
         """The report as JSON-able values: attach it to a bug."""
         data = dataclasses.asdict(self)
         data["findings"] = [f.to_dict() for f in self.findings]
+        data["profile"] = self.profile.to_dict()
         data["exit_code"] = self.exit_code
         return data
+
+    def profile_text(self) -> str:
+        """The calibrated profile as a profile file's text (JSON)."""
+        return json.dumps(self.profile.to_dict(), indent=2) + "\n"
 
     def format(self) -> str:
         """The report as text."""
@@ -120,12 +129,15 @@ class Validation:
             f"queued {d['queued'] * 1e6:.1f} us, chained ({d['chained_as']}) "
             f"{d['chained'] * 1e6:.1f} us; the profile predicts single "
             f"{d['predicted_single'] * 1e6:.1f} us, queued {d['predicted_queued'] * 1e6:.1f} us",
-            f"stages of {'x'.join(map(str, s['shape']))}, measured / predicted:",
+            f"stages of {'x'.join(map(str, s['shape']))} ({s['batches']} batches), {self.label}; "
+            "ratios are measured / predicted by the plan (with the cost model's corrections) "
+            "and by the profile alone:",
         ]
         for stage, ratio in s["ratio"].items():
             lines.append(
                 f"  {stage:<11} {s['measured_s'][stage] * 1e3:9.3f} ms measured "
-                f"{s['predicted_s'][stage] * 1e3:9.3f} ms predicted   {ratio:.2f}"
+                f"{s['predicted_s'][stage] * 1e3:9.3f} ms predicted   plan {ratio:.2f}   "
+                f"profile {s['profile_ratio'][stage]:.2f}"
             )
         lines.append(
             f"  wall ratio {s['wall_ratio']:.2f}; eta {s['eta_measured']} measured, "
@@ -237,7 +249,8 @@ def measure_dispatch(npu: Any, runs: int) -> dict[str, Any]:
 
 async def measure_stages(pipe: Any, shape: tuple[int, int, int]) -> dict[str, Any]:
     """One matmul of ``shape`` run twice; the second's stage busy times and eta beside its plan."""
-    from npu_pipeline.timeline import format_overlap
+    from npu_pipeline.planner import stage_model
+    from npu_pipeline.timeline import STAGES, format_overlap
 
     a, b = _operands(shape, 99)
     c = await pipe.matmul(a, b)  # the first call warms slots and corrects the cost model
@@ -246,6 +259,12 @@ async def measure_stages(pipe: Any, shape: tuple[int, int, int]) -> dict[str, An
         await pipe.matmul(a, b, out=c)
     estimate = plan.estimate
     cmp = window.compare_with_prediction(estimate.wall_s, estimate.busy_s, len(plan.batches))
+    # The plan's prediction carries the cost model's corrections from the first
+    # call; the profile's own rates are judged by its uncorrected model.
+    model = stage_model(pipe.contract, pipe.profile)
+    columns = zip(*map(model, plan.batches), strict=True)
+    uncorrected = {stage: sum(column) for stage, column in zip(STAGES, columns, strict=True)}
+    by_profile = window.compare_with_prediction(estimate.wall_s, uncorrected, len(plan.batches))
     return {
         "shape": list(shape),
         "batches": len(plan.batches),
@@ -253,6 +272,8 @@ async def measure_stages(pipe: Any, shape: tuple[int, int, int]) -> dict[str, An
         "measured_s": dict(cmp.measured_busy_s),
         "predicted_s": dict(cmp.predicted_busy_s),
         "ratio": cmp.busy_ratio,
+        "profile_s": uncorrected,
+        "profile_ratio": by_profile.busy_ratio,
         "wall_measured_s": cmp.measured_wall_s,
         "wall_predicted_s": cmp.predicted_wall_s,
         "wall_ratio": cmp.wall_ratio,
@@ -265,12 +286,12 @@ def calibrated_profile(
     base: Any, dispatch: dict[str, Any], stages: dict[str, Any], where: str
 ) -> Any:
     """``base`` with what validate measured: dispatch per run, and each stage's rates
-    scaled by predicted / measured busy time.
+    scaled by the profile's uncorrected predicted / measured busy time (``profile_ratio``).
 
     The dispatch figures include the smallest block's compute, so they are
     upper bounds of the dispatch alone.
     """
-    ratio = stages["ratio"]
+    ratio = stages["profile_ratio"]
 
     def scaled(rate: float, stage: str) -> float:
         return rate / ratio[stage] if 0 < ratio[stage] < float("inf") else rate
@@ -398,7 +419,7 @@ async def validate(
         dispatch=dispatch,
         stages=stages,
         findings=tuple(findings),
-        profile=profile.to_dict(),
+        profile=profile,
     )
 
 

@@ -76,7 +76,7 @@ def test_labels_never_call_emulated_figures_npu_timings():
 def test_calibrated_profile_takes_the_measured_figures():
     base = get_profile("npu1")
     dispatch = {"single": 300e-6, "queued": 400e-6}
-    stages = {"ratio": {"pack": 2.0, "execute": 0.5, "accumulate": 1.0}}
+    stages = {"profile_ratio": {"pack": 2.0, "execute": 0.5, "accumulate": 1.0}}
     profile = validate.calibrated_profile(base, dispatch, stages, "a test device")
     assert profile.dispatch_s == 300e-6
     assert profile.queued_dispatch_s == 300e-6  # never above a lone run's
