@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from npu_pipeline import emulator
+from npu_pipeline.benchmarks import random_operands, shape_name
 from npu_pipeline.contract import KernelContract, load_contract
 from npu_pipeline.errors import NpuPipelineError
 
@@ -100,6 +101,21 @@ def not_checked(name: str, why: str) -> Finding:
     return Finding(name, "not checked", why)
 
 
+#: How :func:`format_findings` tags each status.
+TAGS = {"ok": "[ ok ]", "warn": "[WARN]", "fail": "[FAIL]", "not checked": "[ -- ]"}
+
+
+def format_findings(findings: tuple[Finding, ...]) -> list[str]:
+    """One line per finding (``[ ok ]``, ``[WARN]``, ``[FAIL]``, ``[ -- ]``), its fix indented."""
+    lines = []
+    for f in findings:
+        seen = f"not checked: {f.seen}" if f.status == "not checked" else f.seen
+        lines.append(f"{TAGS[f.status]} {f.name:<14} {seen}")
+        if f.fix:
+            lines.append(f"{'':>21}fix: {f.fix}")
+    return lines
+
+
 @dataclass(frozen=True)
 class Report:
     """Every finding of one ``doctor`` run.
@@ -134,15 +150,10 @@ class Report:
         }
 
     def format(self) -> str:
-        """One line per finding (``[ ok ]``, ``[WARN]``, ``[FAIL]``, ``[ -- ]``), fixes indented."""
-        tags = {"ok": "[ ok ]", "warn": "[WARN]", "fail": "[FAIL]", "not checked": "[ -- ]"}
+        """A title, :func:`format_findings`, and the counts with the exit code."""
         played = f"; the emulator plays {self.emulated_failure!r}" if self.emulated_failure else ""
         lines = [f"npu-pipeline doctor (device {self.device}{played})"]
-        for f in self.findings:
-            seen = f"not checked: {f.seen}" if f.status == "not checked" else f.seen
-            lines.append(f"{tags[f.status]} {f.name:<14} {seen}")
-            if f.fix:
-                lines.append(f"{'':>21}fix: {f.fix}")
+        lines += format_findings(self.findings)
         counts = ", ".join(f"{n} {s}" for s, n in self.counts().items())
         lines.append(f"summary: {counts}; exit {self.exit_code}")
         return "\n".join(lines)
@@ -380,7 +391,7 @@ def check_builds(
         try:
             contract.check_block(block, generation)
         except NpuPipelineError as error:
-            problems.append(f"{'x'.join(map(str, block))}: {error}")
+            problems.append(f"{shape_name(block)}: {error}")
     args = None
     if module is not None:
         try:
@@ -400,19 +411,9 @@ def check_builds(
     return Finding("builds", "ok", seen, "", data)
 
 
-def known_answer_operands(block: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed int8 operands of one block (seeded), as a known-answer test uses them."""
-    m, k, n = block
-    rng = np.random.default_rng(12)
-    return (
-        rng.integers(-128, 128, size=(m, k), dtype=np.int8),
-        rng.integers(-128, 128, size=(k, n), dtype=np.int8),
-    )
-
-
 def run_block(npu: Any, block: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Run one ``block_gemm`` block of known operands on the open ``npu``: (result, expected)."""
-    a, b = known_answer_operands(block)
+    a, b = random_operands(np.random.default_rng(12), *block)
     m, k, n = block
     slot = npu.allocate_slot(block)
     try:
@@ -443,12 +444,12 @@ def check_known_answer(
         except NpuPipelineError as error:
             return "error", f"{type(error).__name__}: {error}"
         if np.array_equal(got, expected):
-            return "exact", f"block {'x'.join(map(str, block))} exact"
+            return "exact", f"block {shape_name(block)} exact"
         if not got.any():
-            return "zeros", f"block {'x'.join(map(str, block))} returned all zeros"
+            return "zeros", f"block {shape_name(block)} returned all zeros"
         return (
             "wrong",
-            f"block {'x'.join(map(str, block))}: {int((got != expected).sum())} wrong elements",
+            f"block {shape_name(block)}: {int((got != expected).sum())} wrong elements",
         )
 
     outcome, seen = attempt(contract)
@@ -478,10 +479,7 @@ def check_known_answer(
 async def _verified_matmul(shape: tuple[int, int, int], **options: Any) -> tuple[bool, str]:
     from npu_pipeline.pipeline import open_pipeline
 
-    m, k, n = shape
-    rng = np.random.default_rng(7)
-    a = rng.integers(-128, 128, size=(m, k), dtype=np.int8)
-    b = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+    a, b = random_operands(np.random.default_rng(7), *shape)
     async with open_pipeline(**options) as pipe:
         c = await pipe.matmul(a, b, out_dtype=np.int32)
         name = pipe.device_info.name
@@ -493,7 +491,7 @@ def check_matmul(options: dict[str, Any], shape: tuple[int, int, int] = CHECK_SH
     """A small matmul through ``open_pipeline(**options)``, compared exactly with int64."""
     import anyio
 
-    label = "x".join(map(str, shape))
+    label = shape_name(shape)
     try:
         ok, name = anyio.run(lambda: _verified_matmul(shape, **options))
     except NpuPipelineError as error:

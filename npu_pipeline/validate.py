@@ -24,14 +24,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from npu_pipeline.doctor import Finding, import_pyxrt, not_checked
+from npu_pipeline.benchmarks import median_seconds, random_operands, shape_name, stream_runs
+from npu_pipeline.doctor import Finding, format_findings, import_pyxrt, not_checked
 from npu_pipeline.profiles import DeviceProfile
 from npu_pipeline.reference import srs
 
@@ -129,7 +129,7 @@ class Validation:
             f"queued {d['queued'] * 1e6:.1f} us, chained ({d['chained_as']}) "
             f"{d['chained'] * 1e6:.1f} us; the profile predicts single "
             f"{d['predicted_single'] * 1e6:.1f} us, queued {d['predicted_queued'] * 1e6:.1f} us",
-            f"stages of {'x'.join(map(str, s['shape']))} ({s['batches']} batches), {self.label}; "
+            f"stages of {shape_name(s['shape'])} ({s['batches']} batches), {self.label}; "
             "ratios are measured / predicted by the plan (with the cost model's corrections) "
             "and by the profile alone:",
         ]
@@ -143,13 +143,7 @@ class Validation:
             f"  wall ratio {s['wall_ratio']:.2f}; eta {s['eta_measured']} measured, "
             f"{s['eta_predicted']} predicted"
         )
-        tags = {"ok": "[ ok ]", "warn": "[WARN]", "fail": "[FAIL]", "not checked": "[ -- ]"}
-        for f in self.findings:
-            seen = f"not checked: {f.seen}" if f.status == "not checked" else f.seen
-            lines.append(f"{tags[f.status]} {f.name:<14} {seen}")
-            if f.fix:
-                lines.append(f"{'':>21}fix: {f.fix}")
-        return "\n".join(lines)
+        return "\n".join(lines + format_findings(self.findings))
 
 
 def _versions() -> dict[str, Any]:
@@ -167,22 +161,13 @@ def _versions() -> dict[str, Any]:
     }
 
 
-def _operands(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    m, k, n = shape
-    rng = np.random.default_rng(seed)
-    return (
-        rng.integers(-128, 128, size=(m, k), dtype=np.int8),
-        rng.integers(-128, 128, size=(k, n), dtype=np.int8),
-    )
-
-
 async def check_exactness(
     pipe: Any, grid: tuple[tuple[int, int, int], ...]
 ) -> list[dict[str, Any]]:
     """Every shape of ``grid`` in int32 and int8 output on ``pipe``, each compared exactly."""
     rows = []
     for index, shape in enumerate(grid):
-        a, b = _operands(shape, index)
+        a, b = random_operands(np.random.default_rng(index), *shape)
         exact = a.astype(np.int64) @ b.astype(np.int64)
         c32 = await pipe.matmul(a, b, out_dtype=np.int32)
         rows.append(
@@ -196,15 +181,9 @@ async def check_exactness(
     return rows
 
 
-def _per_run(fn: Callable[[], None], runs: int, repeat: int = 3) -> float:
-    """The least over ``repeat`` of ``fn``'s seconds divided by ``runs`` (one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best / runs
+def _per_run(fn: Callable[[], None], runs: int) -> float:
+    """Median seconds of ``fn`` (which makes ``runs`` runs) divided by ``runs``."""
+    return median_seconds(fn, repeat=3) / runs
 
 
 def measure_dispatch(npu: Any, runs: int) -> dict[str, Any]:
@@ -223,12 +202,7 @@ def measure_dispatch(npu: Any, runs: int) -> dict[str, Any]:
             npu.wait(npu.start(slots[0], block))
 
     def queued() -> None:
-        pending = npu.start(slots[0], block)
-        for turn in range(1, runs):
-            following = npu.start(slots[turn % 2], block)
-            npu.wait(pending)
-            pending = following
-        npu.wait(pending)
+        stream_runs(npu, slots, block, runs)
 
     def chained() -> None:
         for _ in range(max(1, runs // CHAIN_RUNS)):
@@ -252,7 +226,7 @@ async def measure_stages(pipe: Any, shape: tuple[int, int, int]) -> dict[str, An
     from npu_pipeline.planner import stage_model
     from npu_pipeline.timeline import STAGES, format_overlap
 
-    a, b = _operands(shape, 99)
+    a, b = random_operands(np.random.default_rng(99), *shape)
     c = await pipe.matmul(a, b)  # the first call warms slots and corrects the cost model
     plan = pipe.plan(*shape)
     with pipe.timeline.window() as window:
@@ -328,9 +302,9 @@ def calibrated_profile(
 def _findings(
     exactness: list[dict[str, Any]], dispatch: dict[str, Any], stages: dict[str, Any], label: str
 ) -> list[Finding]:
-    wrong = [f"{'x'.join(map(str, r['shape']))} {r['dtype']}" for r in exactness if not r["exact"]]
+    wrong = [f"{shape_name(r['shape'])} {r['dtype']}" for r in exactness if not r["exact"]]
     if not stages["exact"]:
-        wrong.append(f"{'x'.join(map(str, stages['shape']))} int32 (stage run)")
+        wrong.append(f"{shape_name(stages['shape'])} int32 (stage run)")
     findings = [
         Finding(
             "exactness",
@@ -345,7 +319,7 @@ def _findings(
         )
     ]
     low, high = RATIO_BAND
-    off = {stage: r for stage, r in stages["ratio"].items() if not low <= r <= high}
+    off = {stage: r for stage, r in stages["profile_ratio"].items() if not low <= r <= high}
     findings.append(
         Finding(
             "stages",

@@ -20,11 +20,11 @@ from npu_pipeline.contract import load_contract
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_doctor(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m npu_pipeline doctor ARGS`` with the user's environment (calibration on)."""
+def run_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m npu_pipeline ARGS`` with the user's environment (calibration on)."""
     env = {k: v for k, v in os.environ.items() if k != "NPU_PIPELINE_CALIBRATION"}
     return subprocess.run(
-        [sys.executable, "-m", "npu_pipeline", "doctor", *args],
+        [sys.executable, "-m", "npu_pipeline", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -32,6 +32,11 @@ def run_doctor(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def run_doctor(*args: str) -> subprocess.CompletedProcess[str]:
+    """``npu-pipeline doctor ARGS`` as a user runs it."""
+    return run_command("doctor", *args)
 
 
 def test_doctor_on_this_machine_passes_on_the_emulator_and_says_so():

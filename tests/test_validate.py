@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_doctor import run_command
 
 from npu_pipeline import validate
 from npu_pipeline.planner import plan_batches
 from npu_pipeline.profiles import DeviceProfile, get_profile
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _profile_from_file(path: Path) -> DeviceProfile:
@@ -27,25 +23,8 @@ def _profile_from_file(path: Path) -> DeviceProfile:
 
 def test_quick_validate_writes_a_report_and_a_profile_the_planner_takes(tmp_path):
     report_path, profile_path = tmp_path / "report.json", tmp_path / "profile.json"
-    env = {k: v for k, v in os.environ.items() if k != "NPU_PIPELINE_CALIBRATION"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "npu_pipeline",
-            "validate",
-            "--quick",
-            "--json",
-            str(report_path),
-            "--profile-out",
-            str(profile_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
+    done = run_command(
+        "validate", "--quick", "--json", str(report_path), "--profile-out", str(profile_path)
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "EMULATED" in done.stdout and "measured on the NPU" not in done.stdout
@@ -106,6 +85,6 @@ class _WrongPipe:
 async def test_a_wrong_element_fails_exactness():
     rows = await validate.check_exactness(_WrongPipe(), ((3, 5, 7),))
     assert [(r["dtype"], r["exact"]) for r in rows] == [("int32", False), ("int8", True)]
-    stages = {"exact": True, "shape": [1, 1, 1], "ratio": {"pack": 1.0}}
+    stages = {"exact": True, "shape": [1, 1, 1], "profile_ratio": {"pack": 1.0}}
     findings = validate._findings(rows, {"single": 1.0, "queued": 1.0}, stages, "test")
     assert findings[0].status == "fail" and "3x5x7 int32" in findings[0].seen
