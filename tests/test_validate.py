@@ -88,3 +88,9 @@ async def test_a_wrong_element_fails_exactness():
     stages = {"exact": True, "shape": [1, 1, 1], "profile_ratio": {"pack": 1.0}}
     findings = validate._findings(rows, {"single": 1.0, "queued": 1.0}, stages, "test")
     assert findings[0].status == "fail" and "3x5x7 int32" in findings[0].seen
+
+
+def test_an_unwritable_output_path_is_refused_before_any_run(tmp_path):
+    done = run_command("validate", "--quick", "--profile-out", str(tmp_path / "no" / "p.json"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--profile-out" in done.stderr and "does not exist" in done.stderr
