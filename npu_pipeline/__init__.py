@@ -15,6 +15,7 @@ from npu_pipeline.errors import (
     OptionError,
     PipelineClosedError,
     PlanError,
+    ProfileError,
     QuantizationError,
     ShapeError,
     TimelineError,
@@ -22,7 +23,8 @@ from npu_pipeline.errors import (
 )
 from npu_pipeline.pipeline import Pipeline, open_pipeline
 from npu_pipeline.planner import Batch, Estimate, Plan, plan_batches
-from npu_pipeline.profiles import DeviceProfile, get_profile
+from npu_pipeline.profile_lookup import get_profile
+from npu_pipeline.profiles import DeviceProfile
 from npu_pipeline.quant import QuantizedTensor, dequantize, dequantize_matmul, quantize_symmetric
 from npu_pipeline.reference import Rounding, Saturation
 from npu_pipeline.timeline import Span, Timeline, TimelineSummary
@@ -46,6 +48,7 @@ __all__ = [
     "PipelineClosedError",
     "Plan",
     "PlanError",
+    "ProfileError",
     "QuantizationError",
     "QuantizedTensor",
     "Rounding",

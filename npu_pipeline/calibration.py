@@ -347,23 +347,25 @@ def apply(calibration: Calibration, base: DeviceProfile = CPU) -> DeviceProfile:
 KEEP_UP_MARGIN = 2.0
 
 
-def keep_up_factor(plan: Plan, margin: float = KEEP_UP_MARGIN) -> tuple[int, float]:
+def keep_up_factor(
+    plan: Plan, target: DeviceProfile, margin: float = KEEP_UP_MARGIN
+) -> tuple[int, float]:
     """The slow-down with which this host's emulator keeps up with ``plan``'s runs
-    timed by ``plan``'s profile, and the emulator-to-profile run-time ratio behind it.
+    timed by ``target`` (the profile ``plan`` was made with), and the
+    emulator-to-target run-time ratio behind it.
 
     The calibrated ``cpu`` profile models how long this host's emulator takes
     for a run (its exact product at the measured rate, its dispatch and
-    copies), the plan's profile how long the NPU would. A timed run ends no
+    copies), ``target`` how long the NPU would. A timed run ends no
     earlier than its modelled time, but no earlier than its real compute
     either: the model holds only while the slowed time is the longer one. The
     factor is the smallest whole number at least ``margin`` times the largest
     ratio over the plan's blocks.
     """
     from npu_pipeline.contract import load_contract
-    from npu_pipeline.profiles import get_profile
 
     contract = load_contract(plan.kernel)
-    cpu, target = get_profile("cpu"), get_profile(plan.profile)
+    cpu = calibrated_cpu_profile()
     ratio = max(
         cpu.run_seconds(contract, batch.block) / target.run_seconds(contract, batch.block)
         for batch in plan.batches

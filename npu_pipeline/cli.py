@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -90,7 +91,7 @@ def _operands(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
 
 def _run_options(args: argparse.Namespace) -> dict[str, Any]:
     """``open_pipeline`` options from ``--device``, ``--profile``, ``--slots``, ``--slowdown``."""
-    from npu_pipeline.profiles import get_profile
+    from npu_pipeline.profile_lookup import get_profile
 
     profile = args.profile
     if args.slowdown:
@@ -206,13 +207,13 @@ def _figures(run: _Measured) -> str:
 
 async def _demo(args: argparse.Namespace, npu1_plan: Plan) -> int:
     from npu_pipeline.calibration import KEEP_UP_MARGIN, keep_up_factor
-    from npu_pipeline.profiles import get_profile
+    from npu_pipeline.profile_lookup import get_profile
 
     a, b = _operands(args)
     print("2. The same matmul run on the emulated NPU of this machine, verified exactly:\n")
     here = await _measure(a, b, args.kernel, args.trace, args.plot, **_run_options(args))
 
-    factor, ratio = keep_up_factor(npu1_plan)
+    factor, ratio = keep_up_factor(npu1_plan, get_profile("npu1"))
     print(
         f"\n3. Step 1's npu1 plan replayed on the emulated NPU, every run held to npu1's "
         f"modelled time slowed x{factor} (MODELLED device times; pack and accumulate are "
@@ -230,6 +231,9 @@ async def _demo(args: argparse.Namespace, npu1_plan: Plan) -> int:
         profile=get_profile("npu1").slowed(factor),
         slots=npu1_plan.slots,
         memory_budget=npu1_plan.memory_bytes,
+        # One request alone, with no other to wait behind it: slowed runs are
+        # longer than the budget, which would only keep its stages apart.
+        latency_budget_s=math.inf,
         timed=True,
     )
     print(f"the replay ran step 1's batches: {replay.plan.batches == npu1_plan.batches}")
@@ -289,10 +293,11 @@ def _check_before_work(args: argparse.Namespace) -> None:
     Raises:
         UsageError: an output path that cannot be written, or ``--plot``
             without matplotlib.
-        PlanError: an unknown ``--profile`` or a bad ``--slowdown`` factor.
+        PlanError: an unknown ``--profile`` (``ProfileError``: a profile file that
+            cannot be used) or a bad ``--slowdown`` factor.
     """
     from npu_pipeline.errors import UsageError, explain
-    from npu_pipeline.profiles import get_profile
+    from npu_pipeline.profile_lookup import get_profile
 
     for option in ("json", "trace", "plot", "profile_out"):
         path = getattr(args, option, None)
@@ -343,7 +348,11 @@ def _add_shape(parser: argparse.ArgumentParser) -> None:
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "emulator", "xrt"))
     parser.add_argument("--kernel", default="gemm_i8_i32", help="kernel contract name or path")
-    parser.add_argument("--profile", default=None, help="npu1, npu2 or cpu (default: by device)")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="npu1, npu2, cpu or the path of a profile JSON file (default: by device)",
+    )
     parser.add_argument("--slots", type=int, default=None, help="BO slots, 1..4")
     parser.add_argument(
         "--slowdown",
@@ -372,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="dry-run the planner and print the batch plan")
     _add_shape(plan)
     plan.add_argument("--kernel", default="gemm_i8_i32", help="kernel contract name or path")
-    plan.add_argument("--profile", default="npu1", help="device profile: npu1, npu2, cpu")
+    plan.add_argument(
+        "--profile", default="npu1", help="device profile: npu1, npu2, cpu or a profile JSON file"
+    )
     plan.add_argument("--slots", type=int, default=None, help="BO slots (1..4); default: best")
     plan.add_argument("--budget", type=int, default=None, help="pinned-memory budget, bytes")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")

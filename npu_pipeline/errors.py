@@ -42,6 +42,14 @@ class PlanError(NpuPipelineError, ValueError):
     """No batch plan satisfies the constraints (memory budget, block limits, watchdog)."""
 
 
+class ProfileError(PlanError):
+    """A device profile file cannot be used: unreadable, not JSON, or a field missing,
+    unknown or out of range (``DeviceProfile.from_json``, ``get_profile(path)``).
+
+    A :class:`PlanError`, as for an unknown profile name: no plan can be made with it.
+    """
+
+
 class OptionError(NpuPipelineError, TypeError):
     """A keyword option is not one the callee accepts (an unknown ``device_options`` key).
 

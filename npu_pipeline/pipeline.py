@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -67,7 +68,8 @@ from npu_pipeline.planner import (
     plan_batches,
     stage_model,
 )
-from npu_pipeline.profiles import DeviceProfile, get_profile
+from npu_pipeline.profile_lookup import get_profile
+from npu_pipeline.profiles import DeviceProfile
 from npu_pipeline.reference import Rounding, Saturation
 from npu_pipeline.timeline import DEFAULT_MAX_SPANS, Span, Timeline
 
@@ -1022,7 +1024,7 @@ def default_slots(profile: DeviceProfile) -> int:
 async def open_pipeline(
     device: str = "auto",
     kernel: str | KernelContract = "gemm_i8_i32",
-    profile: str | DeviceProfile | None = None,
+    profile: str | os.PathLike[str] | DeviceProfile | None = None,
     slots: int | None = None,
     *,
     memory_budget: int | None = None,
@@ -1038,7 +1040,8 @@ async def open_pipeline(
         device: ``"auto"`` (real XRT when pyxrt imports and an NPU is present,
             else the emulator), ``"emulator"``, or ``"xrt"``.
         kernel: contract name or path, or a :class:`KernelContract`.
-        profile: device profile name or object; default ``"cpu"`` on the
+        profile: device profile name, path of a profile JSON file, or object
+            (:func:`npu_pipeline.get_profile`); default ``"cpu"`` on the
             emulator and the detected generation on real hardware.
         slots: BO slots, 1..runs in flight; default :func:`default_slots`.
         memory_budget: pinned host memory for all slots, bytes; default the profile's.
@@ -1062,14 +1065,14 @@ async def open_pipeline(
 
     Raises:
         OptionError: a ``device_options`` name the device does not accept.
-        PlanError: ``slots`` outside 1..the profile's runs in flight.
+        PlanError: ``slots`` outside 1..the profile's runs in flight, or an
+            unknown profile name.
+        ProfileError: the profile file cannot be read or is not a valid profile.
     """
     contract = kernel if isinstance(kernel, KernelContract) else load_contract(kernel)
     check_device_options(device_options or {}, device)
-    given = profile if profile is None or isinstance(profile, DeviceProfile) else None
-    if profile is not None and given is None:
-        # Looked up before the device opens ("cpu" may calibrate: off the loop).
-        given = await anyio.to_thread.run_sync(get_profile, profile)
+    # Off the event loop: looking a profile up may read a file or calibrate "cpu".
+    given = None if profile is None else await anyio.to_thread.run_sync(get_profile, profile)
     npu = await anyio.to_thread.run_sync(
         lambda: NpuDevice.open(
             contract,
@@ -1080,7 +1083,7 @@ async def open_pipeline(
         )
     )
     try:
-        chosen = given or get_profile(npu.info.default_profile)
+        chosen = given or await anyio.to_thread.run_sync(get_profile, npu.info.default_profile)
         count = default_slots(chosen) if slots is None else check_slots(slots, chosen)
         budget = memory_budget if memory_budget is not None else chosen.memory_budget_bytes
         latency = check_latency_budget(latency_budget_s)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ from npu_pipeline.contract import KernelContract, load_contract, shim_dma_proble
 from npu_pipeline.errors import PlanError, ShapeError, explain
 from npu_pipeline.learning import CostCorrections
 from npu_pipeline.operands import check_out_dtype
-from npu_pipeline.profiles import DeviceProfile, get_profile
+from npu_pipeline.profile_lookup import get_profile
+from npu_pipeline.profiles import DeviceProfile
 from npu_pipeline.reference import MAX_EXACT_K
 from npu_pipeline.timeline import (
     STAGES,
@@ -70,7 +72,7 @@ MAX_BATCHES = 2**17
 #: new batch, by default (``latency_budget_s``). A few milliseconds: short
 #: enough that a small request issued during a large one finishes within a
 #: few budgets, long enough that a run's fixed costs (dispatch, hand-offs,
-#: 45-330 us on the NPUs modelled) stay a small share of it.
+#: 52-160 us on the NPUs modelled) stay a small share of it.
 DEFAULT_LATENCY_BUDGET_S = 0.004
 
 #: Batches of one request that fit the latency budget together: one running
@@ -882,7 +884,7 @@ def plan_batches(
     N: int,
     *,
     kernel: str | Path | KernelContract = "gemm_i8_i32",
-    profile: str | DeviceProfile = "npu1",
+    profile: str | os.PathLike[str] | DeviceProfile = "npu1",
     slots: int | None = None,
     memory_budget: int | None = None,
     out_dtype: Any = None,
@@ -897,8 +899,9 @@ def plan_batches(
         K: columns of A, rows of B (>= 1, at most ``reference.MAX_EXACT_K``).
         N: columns of B and C (>= 1).
         kernel: contract name or path, or a :class:`KernelContract`.
-        profile: profile name (``"npu1"``, ``"npu2"``, ``"cpu"``, ``"npu1 slowed x20"``)
-            or a :class:`DeviceProfile`.
+        profile: profile name (``"npu1"``, ``"npu2"``, ``"cpu"``, ``"npu1 slowed x20"``),
+            the path of a profile JSON file, or a :class:`DeviceProfile`
+            (:func:`npu_pipeline.get_profile`).
         slots: BO slots to use (1..runs in flight); ``None`` picks the best.
         memory_budget: pinned bytes all slots together may use; ``None`` uses
             the profile's ``memory_budget_bytes``.
@@ -928,6 +931,7 @@ def plan_batches(
         ContractError: the kernel is unknown or has no build for the profile's generation.
         PlanError: unknown profile, bad slots or budget, or no plan meets the
             limits; the message names the limit and the smallest change that works.
+        ProfileError: the profile file cannot be read or is not a valid profile.
     """
     shape = _check_shape(M, K, N)
     contract = kernel if isinstance(kernel, KernelContract) else load_contract(kernel)

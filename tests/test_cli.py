@@ -253,10 +253,10 @@ def test_demo_keep_up_factor_is_the_smallest_whole_one_above_the_margin():
     from npu_pipeline.calibration import KEEP_UP_MARGIN, keep_up_factor
     from npu_pipeline.contract import load_contract
     from npu_pipeline.planner import plan_batches
-    from npu_pipeline.profiles import get_profile
+    from npu_pipeline.profile_lookup import get_profile
 
     plan = plan_batches(1500, 512, 2048, profile="npu1")
-    factor, ratio = keep_up_factor(plan)
+    factor, ratio = keep_up_factor(plan, get_profile("npu1"))
     contract = load_contract(plan.kernel)
     cpu, npu1 = get_profile("cpu"), get_profile("npu1")
     block = plan.batches[0].block

@@ -22,7 +22,8 @@ from npu_pipeline.planner import (
     plan_batches,
     simulate,
 )
-from npu_pipeline.profiles import NPU1, get_profile
+from npu_pipeline.profile_lookup import get_profile
+from npu_pipeline.profiles import NPU1
 from npu_pipeline.reference import MAX_EXACT_K
 from npu_pipeline.timeline import NA_ONE_BATCH, NA_ONE_STAGE
 

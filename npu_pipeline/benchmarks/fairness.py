@@ -35,7 +35,7 @@ from npu_pipeline.benchmarks import Goal, Row, Section, random_operands
 from npu_pipeline.calibration import keep_up_factor
 from npu_pipeline.pipeline import Pipeline, open_pipeline
 from npu_pipeline.planner import plan_batches
-from npu_pipeline.profiles import get_profile
+from npu_pipeline.profile_lookup import get_profile
 from npu_pipeline.reference import matmul_exact_blas
 
 LARGE = (3000, 2048, 2048)
@@ -212,7 +212,7 @@ async def _cancellation(rows: list[Row]) -> None:
 async def _every_part(quick: bool, rows: list[Row], goals: list[Goal]) -> None:
     pairs = 1 if quick else 3
     npu1 = plan_batches(*LARGE, profile="npu1")
-    factor, _ = keep_up_factor(npu1)
+    factor, _ = keep_up_factor(npu1, get_profile("npu1"))
     slowed = get_profile("npu1").slowed(factor)
     await _scenario("cpu", {}, pairs, rows, goals)
     # Not a goal: this CPU's plan of the large product does not fit the budget
