@@ -557,7 +557,7 @@ def diagnose(
         kernel: the kernel contract whose builds and runs are checked.
     """
     from npu_pipeline.device import NpuDevice
-    from npu_pipeline.profiles import get_profile
+    from npu_pipeline.profile_lookup import get_profile
 
     contract = load_contract(kernel)
     pyxrt, import_error = import_pyxrt()

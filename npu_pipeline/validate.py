@@ -22,7 +22,6 @@ parameters and replaces what was measured, with the source of each.
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from npu_pipeline.benchmarks import median_seconds, random_operands, shape_name, stream_runs
-from npu_pipeline.doctor import Finding, format_findings, import_pyxrt, not_checked
+from npu_pipeline.doctor import Finding, format_findings, import_pyxrt
+from npu_pipeline.errors import NpuPipelineError
 from npu_pipeline.profiles import DeviceProfile
 from npu_pipeline.reference import srs
 
@@ -113,8 +113,9 @@ class Validation:
         return data
 
     def profile_text(self) -> str:
-        """The calibrated profile as a profile file's text (JSON)."""
-        return json.dumps(self.profile.to_dict(), indent=2) + "\n"
+        """The calibrated profile as a profile file's text (:meth:`DeviceProfile.to_json`),
+        which ``open_pipeline(profile=path)`` and ``plan_batches(profile=path)`` read."""
+        return self.profile.to_json()
 
     def format(self) -> str:
         """The report as text."""
@@ -345,6 +346,35 @@ def _findings(
     return findings
 
 
+def check_profile_file(profile: DeviceProfile, shape: tuple[int, int, int]) -> Finding:
+    """Whether ``profile``'s file text reads back as the same profile and plans ``shape``."""
+    from npu_pipeline.planner import plan_batches
+
+    try:
+        again = DeviceProfile.from_json(profile.to_json(), origin="the calibrated profile")
+        plan = plan_batches(*shape, profile=again)
+    except NpuPipelineError as error:
+        return Finding(
+            "profile file",
+            "fail",
+            f"the calibrated profile does not read back: {error}",
+            "Report this with the --json report attached.",
+        )
+    if again != profile:
+        return Finding(
+            "profile file",
+            "fail",
+            "the calibrated profile reads back different",
+            "Report this with the --json report attached.",
+        )
+    return Finding(
+        "profile file",
+        "ok",
+        f"reads back equal and plans {shape_name(shape)} in {len(plan.batches)} batch(es); "
+        "pass its path as open_pipeline(profile=...) or plan_batches(profile=...)",
+    )
+
+
 async def validate(
     device: str = "auto", quick: bool = False, kernel: str = "gemm_i8_i32"
 ) -> Validation:
@@ -378,13 +408,7 @@ async def validate(
     where = f"{info.name!r} ({label})"
     profile = calibrated_profile(base, dispatch, stages, where)
     findings = _findings(exactness, dispatch, stages, label)
-    findings.append(
-        not_checked(
-            "profile file",
-            "open_pipeline(profile=path) does not read profile files yet; "
-            "--profile-out writes DeviceProfile.to_dict()",
-        )
-    )
+    findings.append(check_profile_file(profile, STAGE_SHAPE))
     return Validation(
         versions=_versions(),
         device=dataclasses.asdict(info),

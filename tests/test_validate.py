@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 from test_doctor import run_command
 
 from npu_pipeline import validate
+from npu_pipeline.pipeline import open_pipeline
 from npu_pipeline.planner import plan_batches
-from npu_pipeline.profiles import DeviceProfile, get_profile
+from npu_pipeline.profile_lookup import get_profile
 
 
-def _profile_from_file(path: Path) -> DeviceProfile:
-    data = json.loads(path.read_text())
-    data["core_ops_per_s"] = tuple(data["core_ops_per_s"].items())
-    data["sources"] = tuple(data["sources"].items())
-    return DeviceProfile(**data)
-
-
-def test_quick_validate_writes_a_report_and_a_profile_the_planner_takes(tmp_path):
+def test_quick_validate_writes_a_report_and_a_profile_the_library_takes(tmp_path):
     report_path, profile_path = tmp_path / "report.json", tmp_path / "profile.json"
     done = run_command(
         "validate", "--quick", "--json", str(report_path), "--profile-out", str(profile_path)
@@ -39,11 +33,21 @@ def test_quick_validate_writes_a_report_and_a_profile_the_planner_takes(tmp_path
     assert set(report["stages"]["ratio"]) == {"pack", "execute", "accumulate"}
     assert report["stages"]["exact"] is True
     assert report["versions"]["npu_pipeline"] and report["exit_code"] == 0
-    profile = _profile_from_file(profile_path)
+    assert "[ ok ] profile file" in done.stdout
+    profile = get_profile(profile_path)
     assert profile.name.endswith("validated")
     assert profile.dispatch_s == pytest.approx(report["dispatch"]["single"])
     assert "npu-pipeline validate" in profile.source("dispatch_s")
-    assert plan_batches(512, 512, 512, profile=profile, host_path=False).batches
+    plan = plan_batches(512, 512, 512, profile=str(profile_path), host_path=False)
+    assert plan.profile == profile.name and plan.batches
+    a, b = np.ones((40, 50), np.int8), np.full((50, 30), -3, np.int8)
+
+    async def through_the_file() -> np.ndarray:
+        async with open_pipeline(device="emulator", profile=str(profile_path)) as pipe:
+            assert pipe.profile == profile
+            return await pipe.matmul(a, b)
+
+    assert np.array_equal(anyio.run(through_the_file), a.astype(np.int64) @ b.astype(np.int64))
 
 
 def test_labels_never_call_emulated_figures_npu_timings():
