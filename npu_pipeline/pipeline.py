@@ -1044,7 +1044,8 @@ async def open_pipeline(
             (:func:`npu_pipeline.get_profile`); default ``"cpu"`` on the
             emulator and the detected generation on real hardware.
         slots: BO slots, 1..runs in flight; default :func:`default_slots`.
-        memory_budget: pinned host memory for all slots, bytes; default the profile's.
+        memory_budget: pinned host memory for all slots, bytes; default the profile's,
+            capped at what the locked-memory limit (``ulimit -l``) leaves.
         latency_budget_s: device seconds of started work allowed on the device at
             once, so that no request waits behind more of another's; default
             :data:`~npu_pipeline.planner.DEFAULT_LATENCY_BUDGET_S` (4 ms),
@@ -1068,6 +1069,7 @@ async def open_pipeline(
         PlanError: ``slots`` outside 1..the profile's runs in flight, or an
             unknown profile name.
         ProfileError: the profile file cannot be read or is not a valid profile.
+        DeviceError: ``memory_budget`` does not fit under the locked-memory limit.
     """
     contract = kernel if isinstance(kernel, KernelContract) else load_contract(kernel)
     check_device_options(device_options or {}, device)
@@ -1085,7 +1087,7 @@ async def open_pipeline(
     try:
         chosen = given or await anyio.to_thread.run_sync(get_profile, npu.info.default_profile)
         count = default_slots(chosen) if slots is None else check_slots(slots, chosen)
-        budget = memory_budget if memory_budget is not None else chosen.memory_budget_bytes
+        budget = npu.memory_budget(memory_budget, chosen.memory_budget_bytes)
         latency = check_latency_budget(latency_budget_s)
         pipe = Pipeline(npu, contract, chosen, count, budget, latency, bool(host_path), max_spans)
     except BaseException:

@@ -49,3 +49,13 @@ def random_int8(rng, shape):
 def exact(a, b):
     """The reference every matmul test compares against."""
     return a.astype(np.int64) @ b.astype(np.int64)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def emulator_holds_the_gil():
+    """Every test runs with the emulator holding the GIL where real pyxrt does
+    (docs/emulator.md#the-gil), whatever the user default."""
+    from npu_pipeline import emulator
+
+    with emulator.emulated_host(hold_gil=True):
+        yield

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from npu_pipeline.errors import DeviceError, explain
 
-#: Device name fragments (``get_info(name)``) per NPU generation.
+#: Words of the device name (``get_info(name)``: the amdxdna driver's vbnv
+#: string) per NPU generation, matched whole and case-blind. The driver reports
+#: "NPU Phoenix" (Hawk Point too), "NPU Strix", "NPU Strix Halo", "NPU Krackan 1"
+#: and "2", "NPU Gorgon Point 1" to "3", "NPU Kracken" (a typo of early 2025),
+#: and "RyzenAI-npu1", "-npu4", "-npu5", "-npu6" (older and in-tree drivers);
+#: mlir-aie matches the same words (``NPU_MODELS`` in Xilinx/mlir-aie
+#: ``python/utils/hostruntime/xrtruntime/hostruntime.py``;
+#: docs/hardware-facts.md#device-names).
 GENERATION_NAMES = {
     "phoenix": "npu1",
-    "hawk": "npu1",
+    "npu1": "npu1",
     "strix": "npu2",
     "krackan": "npu2",
+    "kracken": "npu2",
+    "gorgon point": "npu2",
+    "npu4": "npu2",
+    "npu5": "npu2",
+    "npu6": "npu2",
 }
+
+_WORDS = re.compile(r"\b(" + "|".join(re.escape(w) for w in GENERATION_NAMES) + r")\b")
 
 
 @dataclass(frozen=True)
@@ -53,16 +68,18 @@ def generation_of(name: str, profile: Any) -> str:
     Raises:
         DeviceError: the name is not known and no profile was given.
     """
-    lowered = name.lower()
-    for fragment, generation in GENERATION_NAMES.items():
-        if fragment in lowered:
-            return generation
+    found = _WORDS.search(name.lower())
+    if found is not None:
+        return GENERATION_NAMES[found.group(1)]
     if profile is not None:
         return profile.generation
     raise DeviceError(
         explain(
             f"cannot tell the NPU generation of device {name!r}",
-            f"a name containing one of {sorted(GENERATION_NAMES)}",
-            "Pass profile='npu1' or 'npu2'.",
+            f"a name with one of the words {sorted(GENERATION_NAMES)}",
+            "Name the generation with a profile: open_pipeline(profile='npu1') for "
+            "Phoenix or Hawk Point (XDNA), profile='npu2' for Strix, Krackan or Gorgon "
+            "Point (XDNA2); `npu-pipeline ... --profile npu2` on the command line. And "
+            "report the name, so it can be added.",
         )
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from npu_pipeline import emulator
 from npu_pipeline.contract import KernelContract
-from npu_pipeline.device import faults
+from npu_pipeline.device import faults, memlock
 from npu_pipeline.device.discovery import DeviceInfo, generation_of
 from npu_pipeline.device.queue import CommandQueue
 from npu_pipeline.device.slots import Slot, SlotBuffers
@@ -23,6 +23,10 @@ from npu_pipeline.errors import DeviceError, OptionError, ShapeError, explain
 #: One wait slice, ms: pyxrt holds the GIL inside ``run.wait``
 #: (docs/hardware-facts.md#the-pyxrt-binding).
 WAIT_SLICE_MS = 2
+
+#: Seconds a waiter lets the GIL go after a wait slice that did not see its run end:
+#: long enough for a thread waiting for the GIL to take it.
+YIELD_S = 0.0002
 
 #: The amdxdna driver's limit of commands in flight per hardware context.
 MAX_RUNS_IN_FLIGHT = 4
@@ -203,6 +207,15 @@ class NpuDevice:
             self._check_open()
             return self._buffers.allocate(capacity)
 
+    def memory_budget(self, asked: int | None, default: int) -> int:
+        """Pinned bytes all slots may use: ``asked``, or ``default`` capped at what the
+        locked-memory limit (``RLIMIT_MEMLOCK``; the emulator's ``memlock_bytes``) leaves.
+
+        Raises:
+            DeviceError: ``asked`` does not fit under the limit; it says how to raise it.
+        """
+        return memlock.budget(asked, default, *self._session.memlock())
+
     def free_slot(self, slot: Slot) -> None:
         """Release a slot's BOs (idempotent). A run still in flight keeps them until it ends."""
         with self._lock:
@@ -362,8 +375,10 @@ class NpuDevice:
                 return False
             if head is None:
                 time.sleep(WAIT_SLICE_MS / 1000)
-            else:
-                head.poll(WAIT_SLICE_MS)
+            elif not head.poll(WAIT_SLICE_MS):
+                # pyxrt held the GIL through the slice: give it to the host stages now,
+                # or they get it only when the interpreter forces a switch (5 ms).
+                time.sleep(YIELD_S)
 
     # -- internals ---------------------------------------------------------------
 

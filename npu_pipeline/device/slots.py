@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npu_pipeline.device import builds
+from npu_pipeline.device import builds, memlock
 from npu_pipeline.errors import ShapeError, explain
 
 if TYPE_CHECKING:
@@ -26,7 +26,9 @@ class Slot:
         capacity: bytes of each buffer, by buffer name.
         dtypes: each buffer's element type, by buffer name.
         views: a uint8 numpy view over each BO's mapped host bytes. Valid
-            until the slot is freed or the device closed.
+            until the slot is freed or the device closed, which empties this
+            mapping before the BOs go: pyxrt's ``map()`` views do not keep a BO
+            alive, so no array made from one may be kept past that.
     """
 
     index: int
@@ -50,6 +52,7 @@ class SlotBuffers:
         self._contract = session.contract
         self._numbers = itertools.count()
         self._roots: dict[int, dict[str, Any]] = {}  # slot index -> root BO per buffer
+        self._slots: dict[int, Slot] = {}  # slot index -> the slot handed out (its views)
         self._subs: dict[tuple[int, str, int], list[Any]] = {}  # (slot, buffer, stride) -> BOs
         self._instr: dict[tuple[int, int, int], tuple[Any, int]] = {}  # block -> (BO, n_insts)
         # (slot, block, run) -> run object with its arguments set: started again.
@@ -58,25 +61,53 @@ class SlotBuffers:
         self._chains: dict[tuple[int, tuple[int, int, int], int, int], tuple[Any, tuple]] = {}
 
     def allocate(self, capacity: Mapping[str, int]) -> Slot:
-        """A new slot: one ``host_only`` BO of ``capacity[name]`` bytes per contract buffer."""
+        """A new slot: one ``host_only`` BO of ``capacity[name]`` bytes per contract buffer.
+
+        Raises:
+            DeviceError: the BOs would pass the locked-memory limit (checked
+                first), or XRT refused them; it says how to raise the limit.
+        """
         contract, session = self._contract, self._session
+        sizes = [capacity[b.name] for b in contract.buffers]
+        roots = self._pin(
+            sizes,
+            f"a slot of {sum(sizes)} bytes",
+            lambda: {b.name: session.allocate(capacity[b.name], b.name) for b in contract.buffers},
+        )
         index = next(self._numbers)
-        roots = {b.name: session.allocate(capacity[b.name], b.name) for b in contract.buffers}
         self._roots[index] = roots
         views = {name: session.view(bo) for name, bo in roots.items()}
         dtypes = {b.name: b.dtype for b in contract.buffers}
-        return Slot(index=index, capacity=dict(capacity), dtypes=dtypes, views=views)
+        slot = Slot(index=index, capacity=dict(capacity), dtypes=dtypes, views=views)
+        self._slots[index] = slot
+        return slot
+
+    def _pin(self, sizes: list[int], what: str, allocate: Callable[[], Any]) -> Any:
+        """``allocate()`` BOs of ``sizes`` bytes once the locked-memory limit allows them."""
+        limit, locked = self._session.memlock()
+        asked = memlock.pinned(sizes)
+        memlock.check(asked, what, limit, locked)
+        try:
+            return allocate()
+        except RuntimeError as error:
+            raise memlock.refused(error, asked, what, limit, locked) from error
 
     def free(self, index: int) -> None:
-        """Drop slot ``index``'s BOs and everything made over them (idempotent)."""
+        """Drop slot ``index``'s views, then its BOs and everything made over them
+        (idempotent)."""
+        slot = self._slots.pop(index, None)
+        if slot is not None:
+            slot.views.clear()  # type: ignore[attr-defined]  # the dict allocate made
         self._roots.pop(index, None)
         for cache in (self._subs, self._chains, self._runs):
             for key in [key for key in cache if key[0] == index]:
                 del cache[key]
 
     def clear(self) -> None:
-        """Drop every slot's BOs and the instruction BOs."""
-        for cache in (self._chains, self._runs, self._subs, self._roots, self._instr):
+        """Drop every slot's views, then every BO (the instruction BOs too)."""
+        for slot in self._slots.values():
+            slot.views.clear()  # type: ignore[attr-defined]
+        for cache in (self._slots, self._chains, self._runs, self._subs, self._roots, self._instr):
             cache.clear()
 
     def roots_of(self, slot: Slot) -> dict[str, Any]:
@@ -149,8 +180,10 @@ class SlotBuffers:
             words = builds.instruction_words(
                 session.backend.name, contract, block, self._generation
             )
-            cached = self._instr[block] = (
-                session.load_instructions(words),
-                builds.instruction_count(contract, len(words)),
+            bo = self._pin(
+                [words.nbytes],
+                f"the instructions of block {block}",
+                lambda: session.load_instructions(words),
             )
+            cached = self._instr[block] = (bo, builds.instruction_count(contract, len(words)))
         return cached

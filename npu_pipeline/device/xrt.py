@@ -22,7 +22,7 @@ import numpy as np
 
 from npu_pipeline import emulator
 from npu_pipeline.contract import KernelContract
-from npu_pipeline.device import builds
+from npu_pipeline.device import builds, memlock
 from npu_pipeline.errors import DeviceError, explain
 
 #: ``device=`` choices of :meth:`~npu_pipeline.device.NpuDevice.open`.
@@ -157,6 +157,13 @@ class XrtSession:
         bo.write(words, 0)
         bo.sync(self._to_device, words.nbytes, 0)
         return bo
+
+    def memlock(self) -> tuple[int | None, int]:
+        """The locked-memory limit (None: unlimited) and the bytes the process has locked:
+        ``RLIMIT_MEMLOCK`` and ``VmLck`` on real XRT, the emulated ones on the emulator."""
+        if self.module is emulator:
+            return self._device.memlock_limit(), emulator.locked_bytes()
+        return emulator.process_memlock_bytes(), memlock.process_locked_bytes()
 
     def _group(self, argument: str) -> int:
         return self._kernel.group_id(self.contract.arguments.index(argument))

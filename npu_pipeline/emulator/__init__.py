@@ -16,12 +16,23 @@ in one device thread per hardware context, and enforces the driver's rules
 
 Emulator-only extras: :func:`instructions` (the emulated insts.bin),
 :func:`instruction_count`, :func:`inject_fault` with :class:`FaultKind` and
-:class:`Fault`, ``close()`` on ``device`` and ``hw_context``, and the leak
-counters :func:`live_device_threads` and :func:`live_bos`. See docs/emulator.md.
+:class:`Fault`, ``close()`` and ``memlock_limit()`` on ``device``, ``close()``
+on ``hw_context``, :func:`emulated_host` (no device, a low memlock limit, the
+GIL mode), the device names :data:`VBNV_NAMES`, and the counters
+:func:`live_device_threads`, :func:`live_bos` and :func:`locked_bytes`. See
+docs/emulator.md.
 """
 
-from npu_pipeline.emulator._buffers import bo, live_bos
-from npu_pipeline.emulator._device import device, enumerate_devices, hw_context
+from npu_pipeline.emulator._buffers import POISON, bo, live_bos
+from npu_pipeline.emulator._device import (
+    VBNV_NAMES,
+    EmulatedHost,
+    device,
+    emulated_host,
+    enumerate_devices,
+    hw_context,
+    process_memlock_bytes,
+)
 from npu_pipeline.emulator._enums import (
     XCL_BO_FLAGS_NONE,
     ert_cmd_state,
@@ -35,18 +46,23 @@ from npu_pipeline.emulator._instructions import (
     instruction_count,
     instructions,
 )
+from npu_pipeline.emulator._pinned import locked_bytes
 from npu_pipeline.emulator._queue import live_device_threads
 from npu_pipeline.emulator._runs import kernel, run, runlist
 from npu_pipeline.emulator._xclbin import uuid, xclbin
 
 __all__ = [
+    "POISON",
+    "VBNV_NAMES",
     "XCL_BO_FLAGS_NONE",
+    "EmulatedHost",
     "Fault",
     "FaultKind",
     "InstructionStream",
     "bo",
     "decode",
     "device",
+    "emulated_host",
     "enumerate_devices",
     "ert_cmd_state",
     "hw_context",
@@ -56,6 +72,8 @@ __all__ = [
     "kernel",
     "live_bos",
     "live_device_threads",
+    "locked_bytes",
+    "process_memlock_bytes",
     "run",
     "runlist",
     "uuid",

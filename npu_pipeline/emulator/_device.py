@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import resource
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
+from npu_pipeline.emulator import _gil
 from npu_pipeline.emulator._enums import AccessMode, xrt_info_device
 from npu_pipeline.emulator._faults import Fault
 from npu_pipeline.emulator._queue import CommandQueue
@@ -17,9 +21,69 @@ from npu_pipeline.errors import DeviceError, DriverRuleError, explain
 EMULATED_BDF = "0000:00:00.1"
 
 
+#: Every device name the amdxdna driver reports (its vbnv strings), by generation
+#: (docs/hardware-facts.md#device-names); ``device(name=...)`` plays any of them.
+VBNV_NAMES = {
+    "npu1": ("NPU Phoenix", "RyzenAI-npu1"),
+    "npu2": (
+        "NPU Strix",
+        "NPU Strix Halo",
+        "NPU Krackan 1",
+        "NPU Krackan 2",
+        "NPU Kracken",
+        "NPU Gorgon Point 1",
+        "NPU Gorgon Point 2",
+        "NPU Gorgon Point 3",
+        "RyzenAI-npu4",
+        "RyzenAI-npu5",
+        "RyzenAI-npu6",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EmulatedHost:
+    """The machine around the emulated NPU: what a ``doctor`` run or a test plays.
+
+    Attributes:
+        devices: what ``enumerate_devices()`` returns; 0 plays a machine with no
+            NPU (or no driver), and ``device(0)`` then fails.
+        memlock_bytes: the locked-memory limit of devices opened without their own,
+            bytes; None reads the process's ``RLIMIT_MEMLOCK`` when a device opens.
+        hold_gil: whether devices opened without their own ``hold_gil`` hold the
+            GIL in the calls where pyxrt does (docs/emulator.md#the-gil).
+    """
+
+    devices: int = 1
+    memlock_bytes: int | None = None
+    hold_gil: bool = _gil.AVAILABLE
+
+
+_host = EmulatedHost()
+
+
+@contextlib.contextmanager
+def emulated_host(**changes: object) -> Iterator[EmulatedHost]:
+    """Change the :class:`EmulatedHost` (``devices``, ``memlock_bytes``, ``hold_gil``)
+    inside a ``with`` block; devices opened in it keep what they were opened with."""
+    global _host
+    before = _host
+    _host = dataclasses.replace(before, **changes)
+    try:
+        yield _host
+    finally:
+        _host = before
+
+
 def enumerate_devices() -> int:
-    """Number of devices: the emulator always has one."""
-    return 1
+    """Number of devices: one, unless :func:`emulated_host` plays another number."""
+    return _host.devices
+
+
+def process_memlock_bytes() -> int | None:
+    """The process's soft ``RLIMIT_MEMLOCK``, bytes; None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 class device:
@@ -39,6 +103,14 @@ class device:
         detect_mapped_writes: record the host bytes of mapped BOs around each run to catch
             writes through ``map()`` views while it is in flight (default on).
         faults: faults planned from the start (see ``inject_fault``).
+        name: the name ``get_info(name)`` reports; default the generation's first
+            in :data:`VBNV_NAMES` ("NPU Phoenix", "NPU Strix").
+        hold_gil: hold the GIL in ``run.wait``/``start``, ``bo.sync``/``read``/``write``
+            and ``runlist.execute``/``wait``, as pyxrt does; default the
+            :class:`EmulatedHost`'s (on where libc allows it).
+        memlock_bytes: the locked-memory limit root BOs count against, bytes
+            (``resource.RLIM_INFINITY``: unlimited); default the
+            :class:`EmulatedHost`'s, else the process's ``RLIMIT_MEMLOCK``.
     """
 
     def __init__(
@@ -51,15 +123,34 @@ class device:
         runs_in_flight: int = DRIVER_RUNS_IN_FLIGHT,
         detect_mapped_writes: bool = True,
         faults: Iterable[Fault] = (),
+        name: str | None = None,
+        hold_gil: bool | None = None,
+        memlock_bytes: int | None = None,
     ) -> None:
-        if index != 0:
+        host = _host
+        if not 0 <= index < host.devices:
             raise DeviceError(
                 explain(
-                    f"no device with index {index}",
-                    "index 0 (the emulator has one device)",
-                    "Open device(0).",
+                    f"no device with index {index} ({host.devices} found)",
+                    "an index below enumerate_devices()",
+                    "Open device(0) of a machine with an NPU.",
                 )
             )
+        if hold_gil is None:
+            hold_gil = host.hold_gil
+        if hold_gil and not _gil.AVAILABLE:
+            raise DeviceError(
+                explain(
+                    "hold_gil=True on a platform without libc's nanosleep",
+                    "Linux or macOS",
+                    "Pass hold_gil=False.",
+                )
+            )
+        if memlock_bytes is None:
+            memlock_bytes = host.memlock_bytes
+        limit = process_memlock_bytes() if memlock_bytes is None else memlock_bytes
+        if limit == resource.RLIM_INFINITY:
+            limit = None
         self._state = DeviceState(
             generation=generation,
             timing=timing,
@@ -67,6 +158,9 @@ class device:
             runs_in_flight=runs_in_flight,
             detect_mapped_writes=detect_mapped_writes,
             faults=faults,
+            name=name,
+            hold_gil=hold_gil,
+            memlock_bytes=limit,
         )
         self._xclbins: dict[uuid, xclbin] = {}
         self._last_uuid: uuid | None = None
@@ -107,6 +201,10 @@ class device:
                 "The emulator answers only those.",
             )
         )
+
+    def memlock_limit(self) -> int | None:
+        """Emulator-only: the locked-memory limit root BOs count against, bytes (None: none)."""
+        return self._state.memlock_bytes
 
     def close(self) -> None:
         """Emulator-only: close every hardware context of this device (joins their threads)."""

@@ -151,6 +151,9 @@ class CommandQueue:
         self._closing = False
         self._stop = threading.Event()  # wakes a sleeping run when the context closes
         self._last_completion = 0.0
+        # Until when the device thread sleeps through modelled device time (perf_counter
+        # seconds): a blocked pyxrt call holds the GIL that long (see _gil).
+        self.busy_until = 0.0
         self._scratch = Scratch()  # used only by the device thread
         self._thread = threading.Thread(
             target=self._loop, name=f"{THREAD_PREFIX}{next(_thread_numbers)}", daemon=True
@@ -359,6 +362,7 @@ class CommandQueue:
 
     def _sleep_until(self, deadline: float) -> bool:
         """Sleep until ``deadline`` (perf_counter seconds); False if the context closed."""
+        self.busy_until = deadline
         return not self._stop.wait(max(0.0, deadline - time.perf_counter()))
 
     def _execute(self, launch: Launch) -> ert_cmd_state:

@@ -29,6 +29,7 @@ import time
 import weakref
 from typing import Any
 
+from npu_pipeline.emulator import _gil
 from npu_pipeline.emulator._buffers import Storage, Use, bo, claim, release
 from npu_pipeline.emulator._device import hw_context
 from npu_pipeline.emulator._enums import BOFlags, ert_cmd_state
@@ -198,6 +199,10 @@ class kernel:
             else:
                 use.watched = False
         claim(uses)
+        if watch:  # what the host reads of a mapped output in flight is undefined
+            for use in uses:
+                if use.writes and use.storage.mapped:
+                    use.poison()
         return Launch(
             run=target,
             index=index,
@@ -344,11 +349,10 @@ class run:
 
     def wait(self, timeout_ms: int | None = None) -> ert_cmd_state:
         """Wait for the run's end, at most ``timeout_ms`` ms (None or 0: no limit)."""
-        if timeout_ms:
-            if not self._done.wait(int(timeout_ms) / 1000):
-                return TIMEOUT
-        else:
-            self._done.wait()
+        ctx = self._kernel._ctx
+        timeout_s = int(timeout_ms) / 1000 if timeout_ms else None
+        if not _gil.wait(self._done, ctx._queue, timeout_s, ctx._state.hold_gil):
+            return TIMEOUT
         if self._hazard is not None:
             raise BufferHazardError(self._hazard)
         return self._state
@@ -372,8 +376,11 @@ class run:
         return launch
 
     def _submit(self, command: Command) -> None:
+        ctx = self._kernel._ctx
         try:
-            self._kernel._ctx._queue.submit(command)
+            if ctx._state.hold_gil:
+                _gil.wait_for_room(ctx._queue, ctx._state.runs_in_flight)
+            ctx._queue.submit(command)
         except BaseException:
             command.finish_all(ert_cmd_state.ERT_CMD_STATE_ABORT)
             raise
@@ -487,11 +494,9 @@ class runlist:
         command = self._command
         if command is None:
             return None if timeout is None else COMPLETED
-        if timeout:
-            if not command.done.wait(int(timeout) / 1000):
-                return TIMEOUT
-        else:
-            command.done.wait()
+        timeout_s = int(timeout) / 1000 if timeout else None
+        if not _gil.wait(command.done, self._ctx._queue, timeout_s, self._ctx._state.hold_gil):
+            return TIMEOUT
         if command.failed is not None:
             failed = self._runs[command.failed]
             if failed._hazard is not None:

@@ -19,7 +19,8 @@ DEFAULT_WATCHDOG_S = 2.0
 #: Commands in flight per hardware context (amdxdna ``CTX_MAX_CMDS`` in aie2_pci.h).
 DRIVER_RUNS_IN_FLIGHT = 4
 
-#: Device names as ``xrt-smi``/``get_info(name)`` report them, per generation.
+#: The device name ``get_info(name)`` reports by default, per generation: the
+#: amdxdna driver's vbnv string (docs/hardware-facts.md#device-names).
 DEVICE_NAMES = {"npu1": "NPU Phoenix", "npu2": "NPU Strix"}
 
 TimingModel = Callable[[Any, tuple[int, int, int], bool], float]
@@ -61,6 +62,9 @@ class DeviceState:
         detect_mapped_writes: record the host bytes of mapped BOs of each run at start and
             completion to catch writes through ``map()`` views.
         faults: the planned faults and the run numbering.
+        name: the device name ``get_info(name)`` reports (the driver's vbnv string).
+        hold_gil: blocking calls hold the GIL as pyxrt's do (see ``_gil``).
+        memlock_bytes: the emulated RLIMIT_MEMLOCK, bytes (None: unlimited).
     """
 
     def __init__(
@@ -72,6 +76,9 @@ class DeviceState:
         runs_in_flight: int,
         detect_mapped_writes: bool,
         faults: Iterable[Fault],
+        name: str | None = None,
+        hold_gil: bool = False,
+        memlock_bytes: int | None = None,
     ) -> None:
         if generation not in DEVICE_NAMES:
             raise DeviceError(
@@ -97,14 +104,12 @@ class DeviceState:
         self.runs_in_flight = runs_in_flight
         self.detect_mapped_writes = detect_mapped_writes
         self.faults = FaultPlan(faults)
+        self.name = DEVICE_NAMES[generation] if name is None else name
+        self.hold_gil = hold_gil
+        self.memlock_bytes = memlock_bytes
         self.lost = False
         self._lock = threading.Lock()
         self._queues: weakref.WeakSet[CommandQueue] = weakref.WeakSet()
-
-    @property
-    def name(self) -> str:
-        """The device name ``get_info(name)`` reports."""
-        return f"{DEVICE_NAMES[self.generation]} (emulated)"
 
     def check_alive(self, what: str) -> None:
         """Raise DeviceError (a RuntimeError, like XRT's ENODEV system error) once lost."""
