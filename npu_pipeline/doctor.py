@@ -15,15 +15,15 @@ diagnosis is tested without hardware. Checks that need what the machine has
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +34,7 @@ import numpy as np
 from npu_pipeline import emulator
 from npu_pipeline.benchmarks import random_operands, shape_name
 from npu_pipeline.contract import KernelContract, load_contract
+from npu_pipeline.device import memlock
 from npu_pipeline.errors import NpuPipelineError
 
 #: Finding statuses, best first. ``not checked`` never counts as a pass or a failure.
@@ -50,24 +51,33 @@ WATCHDOG_PARAMETERS = (
     (Path("/sys/module/amdxdna/parameters/tdr_timeout_ms"), 1e-3),
 )
 
-#: The fix for a low ``RLIMIT_MEMLOCK``, as docs/troubleshooting.md#low-memlock gives it.
-MEMLOCK_FIX = (
-    "Raise the locked-memory limit for your user and log in again: a line "
-    "'<user> - memlock unlimited' in /etc/security/limits.conf (or a file in "
-    "/etc/security/limits.d/); for a systemd service, LimitMEMLOCK=infinity in its unit; "
-    "in a shell whose hard limit allows it, ulimit -l unlimited. Or pass a smaller "
-    "memory_budget= (docs/hardware.md#memlock-done-right)."
-)
-
-#: ``doctor --emulate NAME``: the emulator options that play each failure, or ``None``
-#: with the reason while the emulator cannot play it. Each plays the failure
-#: docs/troubleshooting.md describes under the same name.
-EMULATED_FAILURES: dict[str, tuple[dict[str, Any] | None, str]] = {
-    "no-device": (None, "the emulator has no option that reports no device yet"),
-    "low-memlock": (None, "the emulator does not emulate RLIMIT_MEMLOCK yet"),
-    "wrong-insts-unit": (None, "the emulator cannot play a wrong instruction-count unit yet"),
-    "zeros-returned": (None, "the emulator cannot play runs that return zeros yet"),
+#: ``doctor --emulate NAME``: what the emulated NPU plays, each the failure
+#: docs/troubleshooting.md describes under the same name; ``None`` while the
+#: emulator cannot play it (the reason is given instead).
+EMULATED_FAILURES: dict[str, str | None] = {
+    "no-device": None,
+    "low-memlock": None,
+    "wrong-insts-unit": "the emulator cannot play a wrong instruction-count unit yet",
+    "zeros-returned": "the emulator cannot play runs that return zeros yet",
 }
+
+#: The locked-memory limit ``--emulate low-memlock`` plays, bytes: below the
+#: default plan's pinned memory, as on a machine left at a small default.
+LOW_MEMLOCK_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def playing(failure: str | None) -> Iterator[dict[str, Any]]:
+    """Inside the block the emulated NPU plays ``failure`` (a name of
+    :data:`EMULATED_FAILURES`, or ``None`` for none); yields the device options it needs."""
+    host: dict[str, Any] = {}
+    if failure == "no-device":
+        host = {"devices": 0}
+    elif failure == "low-memlock":
+        host = {"memlock_bytes": LOW_MEMLOCK_BYTES}
+    with emulator.emulated_host(**host):
+        yield {}
+
 
 #: Shape of the small verified matmul: odd sizes, so padding is exercised.
 CHECK_SHAPE = (97, 130, 75)
@@ -254,8 +264,11 @@ def check_accel_nodes(required: bool, pattern: str = "/dev/accel/accel*") -> Fin
     )
 
 
-def check_device_name(name: str | None, error: str | None) -> tuple[Finding, str | None]:
-    """The device's name (the driver's vbnv) and the NPU generation read from it.
+def check_device_name(
+    name: str | None, error: str | None, emulated: bool = False
+) -> tuple[Finding, str | None]:
+    """The device's name (the driver's vbnv) and the NPU generation read from it;
+    ``emulated`` says the name is the emulated NPU's.
 
     Returns the finding and the generation (``None`` when it cannot be told).
     """
@@ -285,22 +298,17 @@ def check_device_name(name: str | None, error: str | None) -> tuple[Finding, str
             ),
             None,
         )
+    where = " (the emulated NPU)" if emulated else ""
     return (
         Finding(
             "device",
             "ok",
-            f"{name!r}: generation {generation}",
+            f"{name!r}{where}: generation {generation}",
             "",
             {"name": name, "generation": generation},
         ),
         generation,
     )
-
-
-def memlock_limit() -> int | None:
-    """This process's soft ``RLIMIT_MEMLOCK`` in bytes, ``None`` for unlimited."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 def check_memlock(limit: int | None, needed: int, source: str) -> Finding:
@@ -313,7 +321,8 @@ def check_memlock(limit: int | None, needed: int, source: str) -> Finding:
     shown = "unlimited" if limit is None else f"{limit / 2**20:g} MiB"
     seen = f"RLIMIT_MEMLOCK {shown} ({source}); the default plan pins {needed / 2**20:g} MiB"
     if limit is not None and limit < needed:
-        return Finding("memlock", "fail", seen, MEMLOCK_FIX, data)
+        fix = f"{memlock.RAISE_LIMIT} (docs/troubleshooting.md#low-memlock)"
+        return Finding("memlock", "fail", seen, fix, data)
     return Finding("memlock", "ok", seen, "", data)
 
 
@@ -514,28 +523,6 @@ def check_matmul(options: dict[str, Any], shape: tuple[int, int, int] = CHECK_SH
 # -- running them ------------------------------------------------------------------
 
 
-def read_device_name(
-    module: ModuleType | None, options: dict[str, Any]
-) -> tuple[str | None, str | None]:
-    """Device 0's name as the driver reports it (``get_info(name)``), or ``None`` and why not.
-
-    ``options`` go to the emulated device (``module`` is then the emulator).
-    """
-    if module is None:
-        return None, "no pyxrt"
-    try:
-        if module.enumerate_devices() < 1:
-            return None, "enumerate_devices() found no device"
-        dev = module.device(0, **options) if module is emulator else module.device(0)
-        try:
-            return str(dev.get_info(module.xrt_info_device.name)), None
-        finally:
-            if module is emulator:
-                dev.close()
-    except RuntimeError as error:
-        return None, f"{type(error).__name__}: {error}"
-
-
 def import_pyxrt() -> tuple[ModuleType | None, str]:
     """The real ``pyxrt`` module, or ``None`` and why it does not import."""
     try:
@@ -543,6 +530,48 @@ def import_pyxrt() -> tuple[ModuleType | None, str]:
     except ImportError as error:
         return None, str(error)
     return pyxrt, ""
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What opening device 0 told: its name and the locked-memory limit its BOs count against.
+
+    Attributes:
+        name: the name the driver reports (``get_info(name)``), or ``None``.
+        error: why no device could be opened, or ``None``.
+        memlock_bytes: the limit, bytes (``None``: unlimited).
+        memlock_source: where the limit was read.
+    """
+
+    name: str | None
+    error: str | None
+    memlock_bytes: int | None
+    memlock_source: str
+
+
+def read_device(module: ModuleType | None, options: dict[str, Any]) -> DeviceFacts:
+    """Open device 0 of ``module`` (pyxrt, or the emulator with ``options``) and read it.
+
+    The limit is the process's ``RLIMIT_MEMLOCK`` on real XRT, the emulated
+    device's (``memlock_limit()``) on the emulator.
+    """
+    limit, source = emulator.process_memlock_bytes(), "this process's RLIMIT_MEMLOCK"
+    if module is None:
+        return DeviceFacts(None, "no pyxrt", limit, source)
+    try:
+        if module.enumerate_devices() < 1:
+            return DeviceFacts(None, "enumerate_devices() found no device", limit, source)
+        dev = module.device(0, **options) if module is emulator else module.device(0)
+        try:
+            name = str(dev.get_info(module.xrt_info_device.name))
+            if module is emulator:
+                limit, source = dev.memlock_limit(), "the emulated device's limit"
+        finally:
+            if module is emulator:
+                dev.close()
+    except RuntimeError as error:
+        return DeviceFacts(None, f"{type(error).__name__}: {error}", limit, source)
+    return DeviceFacts(name, None, limit, source)
 
 
 def diagnose(
@@ -556,34 +585,43 @@ def diagnose(
             (implies the emulator).
         kernel: the kernel contract whose builds and runs are checked.
     """
-    from npu_pipeline.device import NpuDevice
-    from npu_pipeline.profile_lookup import get_profile
 
     contract = load_contract(kernel)
     pyxrt, import_error = import_pyxrt()
     findings = [check_pyxrt(device, pyxrt, import_error)]
-    options: dict[str, Any] = {}
     if emulate is not None:
-        options, why = EMULATED_FAILURES[emulate]
-        if options is None:
+        why = EMULATED_FAILURES[emulate]
+        if why is not None:
             findings.append(not_checked(f"emulate {emulate}", why))
             return Report(device, emulate, tuple(findings))
         device = "emulator"
-    emulated = device == "emulator" or (device == "auto" and pyxrt is None)
-    findings.append(check_accel_nodes(required=not emulated))
-    module = emulator if emulated else pyxrt
-    device_finding, generation = check_device_name(*read_device_name(module, options))
+    with playing(emulate) as options:
+        findings += _device_checks(device, contract, pyxrt is None, options)
+    return Report(device, emulate, tuple(findings))
+
+
+def _device_checks(
+    device: str, contract: KernelContract, no_pyxrt: bool, options: dict[str, Any]
+) -> list[Finding]:
+    """The checks after ``pyxrt``'s: the device nodes, the device, its limits, builds, runs."""
+    from npu_pipeline.device import NpuDevice
+    from npu_pipeline.profile_lookup import get_profile
+
+    emulated = device == "emulator" or (device == "auto" and no_pyxrt)
+    module = emulator if emulated else import_pyxrt()[0]
+    findings = [check_accel_nodes(required=not emulated)]
+    facts = read_device(module, options)
+    device_finding, generation = check_device_name(facts.name, facts.error, emulated)
     findings.append(device_finding)
     profile = get_profile(generation or "npu1")
-    findings.append(
-        check_memlock(memlock_limit(), profile.memory_budget_bytes, "this process, getrlimit")
-    )
+    needed = profile.memory_budget_bytes + memlock.INSTRUCTION_RESERVE_BYTES
+    findings.append(check_memlock(facts.memlock_bytes, needed, facts.memlock_source))
     findings.append(check_watchdog(profile.watchdog_s))
     findings.append(check_builds(contract, generation or "npu1", module, emulated))
     if generation is None:
         findings.append(not_checked("known answer", "no device was opened"))
         findings.append(not_checked("matmul", "no device was opened"))
-        return Report(device, emulate, tuple(findings))
+        return findings
     backend = "emulator" if emulated else "xrt"
     findings.append(
         check_known_answer(lambda c: NpuDevice.open(c, device=backend, **options), contract)
@@ -593,4 +631,4 @@ def diagnose(
             {"device": backend, "kernel": contract, "device_options": options, "host_path": False}
         )
     )
-    return Report(device, emulate, tuple(findings))
+    return findings

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_doctor_on_this_machine_passes_on_the_emulator_and_says_so():
     out = done.stdout
     assert "[ ok ] known answer   block 256x64x256 exact" in out
     assert "[ ok ] matmul" in out and "exact (equals A @ B in int64)" in out
-    assert "(emulated)" in out  # the device it checked is named as the emulator
+    assert "(the emulated NPU)" in out  # the device it checked is named as the emulator
     assert out.rstrip().endswith("exit 0")
 
 
@@ -228,3 +229,46 @@ def test_report_exit_code_and_format():
     assert "fix: mend it" in text and text.endswith("exit 1")
     assert report.to_dict()["counts"] == {"ok": 1, "warn": 0, "fail": 1, "not checked": 1}
     assert dataclasses.asdict(failed)["fix"] == "mend it"
+
+
+# -- each failure the emulator plays gives its documented diagnosis ----------------------
+
+TROUBLESHOOTING = (ROOT / "docs" / "troubleshooting.md").read_text()
+
+
+def documented(failure: str) -> tuple[str, list[str]]:
+    """The troubleshooting entry that says the emulator plays ``failure``: its anchor,
+    and the pieces (between ``...``) of the first ``[FAIL]`` line its doctor bullet shows."""
+    for entry in TROUBLESHOOTING.split("\n## ")[1:]:
+        if f"*Emulated: `--emulate {failure}`.*" in entry:
+            title = entry.splitlines()[0]
+            anchor = re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
+            doctor_bullet = entry[entry.index("- **doctor.**") :]
+            line = re.search(r"`(\[FAIL\][^`]*)`", doctor_bullet)[1]
+            return anchor, [" ".join(piece.split()) for piece in line.split("...") if piece]
+    raise AssertionError(f"docs/troubleshooting.md has no entry for --emulate {failure}")
+
+
+PLAYED = [name for name, why in doctor.EMULATED_FAILURES.items() if why is None]
+
+
+@pytest.mark.parametrize("failure", PLAYED)
+def test_each_played_failure_prints_its_documented_diagnosis_and_fix(failure):
+    anchor, pieces = documented(failure)
+    done = run_doctor("--emulate", failure)
+    assert done.returncode == 1, done.stdout + done.stderr
+    printed = " ".join(done.stdout.split())
+    for piece in pieces:
+        assert piece in printed, (piece, done.stdout)
+    report = json.loads(run_doctor("--emulate", failure, "--json").stdout)
+    (failed,) = [f for f in report["findings"] if f["status"] == "fail"]
+    assert f"docs/troubleshooting.md#{anchor}" in failed["fix"]
+
+
+def test_failures_the_emulator_cannot_play_yet_are_not_checked_never_ok():
+    for failure, why in doctor.EMULATED_FAILURES.items():
+        if why is None:
+            continue
+        report = doctor.diagnose(emulate=failure)
+        assert report.findings[-1] == doctor.not_checked(f"emulate {failure}", why)
+        assert report.findings[-1].status == "not checked"
