@@ -109,6 +109,25 @@ class BufferHazardError(DriverRuleError):
     """
 
 
+class ModelError(NpuPipelineError, ValueError):
+    """A model directory or model file cannot be used.
+
+    For example a CTranslate2 ``model.bin`` of another format version, a variable
+    of an unknown dtype, a file cut short, or a weight the encoder needs missing.
+    """
+
+
+class AudioError(NpuPipelineError, ValueError):
+    """An audio file cannot be read as 16 kHz mono WAV (another rate, stereo, not a WAV)."""
+
+
+class DependencyError(NpuPipelineError, ImportError):
+    """An optional dependency is not installed (for example ``ctranslate2``, the ``whisper`` extra).
+
+    An ``ImportError``, as Python raises for a missing module.
+    """
+
+
 class TimelineError(NpuPipelineError, ValueError):
     """A span or a timing figure is invalid (unknown stage, end before start, negative time)."""
 

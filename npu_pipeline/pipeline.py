@@ -889,7 +889,7 @@ class Pipeline:
             modelled = sum(self._models[r.plan.out_dtype](b)[1] for r, b in work.batches)
             self.cost_model.observe("execute", work.block, ended - began, modelled, cold=work.cold)
             return [None] * len(work.batches)
-        if len(work.batches) == 1 and failure.state != _ABORT:
+        if len(work.batches) == 1 and _blamed_run(failure) is not None:
             return [failure]  # the device's own error already names this batch
         return self._rerun(work, failure)
 
@@ -897,12 +897,12 @@ class Pipeline:
         """Worker thread: the batches of a failed submission, each run again on its own
         unless it was the one that failed.
 
-        The device named the failed run (in a state other than ABORT, which
-        is what a run gets for being queued behind a fault): its batch fails,
-        with its own batch and request named. Every other batch only lost its
-        output and runs once more, alone; a batch that fails alone fails.
+        The device named the failed run (see :func:`_blamed_run`): its batch
+        fails, with its own batch and request named. Every other batch only
+        lost its output and runs once more, alone (after the device recreated
+        its hardware context); a batch that fails alone fails.
         """
-        blamed = failure.run if failure.state != _ABORT else None
+        blamed = _blamed_run(failure)
         errors: list[BaseException | None] = []
         for (request, batch), region in zip(work.batches, work.regions, strict=True):
             run = region.run
@@ -981,12 +981,24 @@ def _planned_execute_s(request: _Request, batch: Batch) -> float:
     return end - start
 
 
+def _blamed_run(failure: DeviceError) -> int | None:
+    """The run the device blames for ``failure``, or None when it blames none.
+
+    None when the device did not name a run (a chain whose failed run XRT did
+    not mark, or a run that only met a context an earlier failure left out of
+    step) or the run was aborted (what a run gets for being in flight when
+    another failed or the watchdog reset the device).
+    """
+    return failure.run if failure.state != _ABORT else None
+
+
 def _blame(failure: DeviceError, request: _Request, batch: Batch, shared: int) -> DeviceError:
     """``failure`` told of the batch whose run failed in a submission of ``shared`` batches."""
     return DeviceError(
         explain(
             f"run {failure.run} of a submission of {shared} batches, which was batch "
-            f"{batch.index} of request {request.id}, ended in {failure.state}",
+            f"{batch.index} of request {request.id}, ended in {failure.state} (the device "
+            f"reported: {failure})",
             "ERT_CMD_STATE_COMPLETED",
             "This batch's output is lost and its request failed; the submission's "
             "other batches were run again.",

@@ -36,6 +36,19 @@ def anyio_backend(request):
 
 
 @pytest.fixture
+def no_emulator_leaks():
+    """After the test: no emulator device thread and no emulated BO left behind."""
+    yield
+    import gc
+
+    from npu_pipeline import emulator
+
+    gc.collect()
+    assert emulator.live_device_threads() == 0
+    assert emulator.live_bos() == 0
+
+
+@pytest.fixture
 def rng():
     """A seeded generator, so a failure reproduces."""
     return np.random.default_rng(20261124)

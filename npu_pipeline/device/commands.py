@@ -7,20 +7,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from npu_pipeline.device.faults import state_name
-from npu_pipeline.errors import BufferHazardError
+from npu_pipeline.errors import BufferHazardError, DriverRuleError
 
 if TYPE_CHECKING:
     from npu_pipeline.device.submission import Submission
     from npu_pipeline.device.xrt import XrtSession
-
-
-class Flag:
-    """A mutable boolean shared by several objects."""
-
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = False
 
 
 class Command:
@@ -30,20 +21,25 @@ class Command:
     blocks. A chain's end is known only from ``runlist.wait`` (XRT does not
     guarantee ``state()`` of runs in a runlist while it executes), so a chain
     records its outcome when a poll sees it end; one thread at a time polls it.
+    ``epoch`` is the hardware context it was started on (the queue counts
+    the contexts it recreated); ``secondary`` is set when it failed after an
+    earlier command on the same context had failed (its design was already
+    out of step: the failure is not its batch's own).
     """
 
     __slots__ = (
         "chain",
         "count",
+        "epoch",
         "first",
         "outcome",
         "polling",
         "run",
         "runs",
+        "secondary",
         "session",
         "sub",
         "submitted_at",
-        "untimed",
     )
 
     def __init__(
@@ -52,17 +48,19 @@ class Command:
         sub: Submission,
         first: int,
         count: int,
+        epoch: int,
         run: Any = None,
         chain: Any = None,
         runs: tuple[Any, ...] = (),
-        untimed: Flag | None = None,
     ) -> None:
         self.session, self.sub, self.first, self.count = session, sub, first, count
+        self.epoch = epoch
+        self.secondary = False
         self.run, self.chain, self.runs = run, chain, runs
-        self.untimed = untimed  # shared by a device's chains: no timed runlist.wait
         self.polling = threading.Lock() if chain is not None else None
         self.submitted_at = time.perf_counter()
-        # Once ended: (completed, index of the failed run or None, state name, exception).
+        # Once ended: (completed, index of the failed run or None, state name, the
+        # exception a wait raised: a hazard to raise again, or what XRT said).
         self.outcome: tuple[bool, int | None, str, BaseException | None] | None = None
 
     def ended(self) -> bool:
@@ -86,68 +84,76 @@ class Command:
         if self.chain is None:
             try:
                 self.session.wait(self.run, timeout_ms)
+            except DriverRuleError:
+                raise
             except BufferHazardError as error:  # emulator: the run ended in ERROR
                 self.outcome = (False, self.first, "ERT_CMD_STATE_ERROR", error)
+                return True
+            except RuntimeError as error:
+                # XRT's wait threw: e.g. "unexpected command state" when an older
+                # driver's reset left the command NEW. It never ends by state(): end
+                # it here, or it would hold its place in flight for ever.
+                self.outcome = (False, self.first, state_name(self.session.state(self.run)), error)
                 return True
             return self.ended()
         if not self.polling.acquire(timeout=timeout_ms / 1000):
             return self.outcome is not None  # another thread polled it meanwhile
         try:
             if self.outcome is None:
-                self._wait_chain(timeout_ms)
+                self._wait_chain()
         finally:
             self.polling.release()
         return self.outcome is not None
 
-    def _wait_chain(self, timeout_ms: int) -> None:
-        session = self.session
+    def _wait_chain(self) -> None:
+        # Untimed: pyxrt binds runlist.wait(timeout) with std::chrono::milliseconds
+        # and no chrono caster, so no Python value reaches the timed overload
+        # (Xilinx/XRT src/python/pybind11/src/pyxrt.cpp). The wait blocks until the
+        # chain ends: at most about CHAIN_BUDGET_S, as only the oldest command in
+        # flight is polled.
         try:
-            if self.untimed.value:
-                # This pyxrt's runlist.wait(timeout) does not take (or return) the
-                # stub's types. The untimed wait blocks until the chain ends: at most
-                # about CHAIN_BUDGET_S, as only the oldest command in flight is polled.
-                session.wait_chain(self.chain)
-                state = "ERT_CMD_STATE_COMPLETED"
-            else:
-                try:
-                    state = session.wait_chain(self.chain, timeout_ms)
-                except TypeError:
-                    self.untimed.value = True
-                    session.wait_chain(self.chain)
-                    state = "ERT_CMD_STATE_COMPLETED"
-        except BufferHazardError as error:
-            self.outcome = (False, *self._failed_run(None), error)
+            self.session.wait_chain(self.chain)
+        except DriverRuleError:
+            raise
         except RuntimeError as error:  # XRT raises when a run of the list failed
-            self.outcome = (False, *self._failed_run(getattr(error, "state", None)), None)
+            self.outcome = (False, *self._failed_run(), error)
         else:
-            name = state if isinstance(state, str) else state_name(state)
-            if name == "ERT_CMD_STATE_COMPLETED" or (
-                name != "ERT_CMD_STATE_TIMEOUT" and int(state) >= session.completed
-            ):
-                self.outcome = (True, None, "ERT_CMD_STATE_COMPLETED", None)
+            self.outcome = (True, None, "ERT_CMD_STATE_COMPLETED", None)
 
-    def _failed_run(self, said: str | None) -> tuple[int | None, str]:
-        """The first run of a failed chain that did not complete, and its state.
+    def _failed_run(self) -> tuple[int | None, str]:
+        """The run of a failed chain that failed, and its state.
 
-        XRT marks the failed run's state and aborts the later ones when the
-        list's wait throws; when no run says so, the chain's range is reported.
+        The driver records only the failing index; XRT's wait then gives that
+        run the chain's state and the later runs ``ABORT``, and never updates
+        the runs before it, which stay ``NEW`` (amd/xdna-driver
+        ``aie2_sched_cmdlist_resp_handler``, Xilinx/XRT ``runlist_impl::wait``).
+        So the failed run is the first one neither NEW nor COMPLETED. When XRT
+        marked none (its wait threw before, as "unexpected command state"
+        does), the chain's range is reported.
         """
-        completed = self.session.completed
+        unmarked = (int(self.session.new), self.session.completed)
         for position, r in enumerate(self.runs):
             state = self.session.state(r)
-            if int(state) != completed:
+            if int(state) not in unmarked:
                 return self.first + position, state_name(state)
-        return None, said or "ERT_CMD_STATE_ERROR"
+        return None, "ERT_CMD_STATE_NEW"
 
-    def final(self) -> str:
-        """The state name of a failed command; raises the hazard the emulator reported."""
+    def final(self) -> tuple[str, str | None]:
+        """The state name of a failed command, and what XRT said when its wait threw.
+
+        Raises:
+            BufferHazardError: the emulator saw a mapped write during a run of it.
+        """
         assert self.outcome is not None
-        if self.chain is None and self.outcome[3] is None:
+        error = self.outcome[3]
+        if isinstance(error, BufferHazardError):
+            raise error
+        if error is not None:
+            return self.outcome[2], str(error)
+        if self.chain is None:
             # pyxrt's final wait (the emulator raises a mapped-write hazard here).
-            return state_name(self.session.wait(self.run))
-        if self.outcome[3] is not None:
-            raise self.outcome[3]
-        return self.outcome[2]
+            return state_name(self.session.wait(self.run)), None
+        return self.outcome[2], None
 
     def state_name(self) -> str:
         """The current state, for messages."""

@@ -46,8 +46,8 @@ class DeviceInfo:
             run times) or ``"cpu"`` (emulator, runs take their compute time).
         default_profile: the profile name that describes this device.
         reason: why this backend was chosen.
-        runlists: batches of many runs are submitted as ``runlist`` chains
-            (the pyxrt module has ``runlist`` and they were not turned off).
+        runlists: batches of many runs are submitted as ``runlist`` chains.
+        runlists_reason: why chains are used or not (see :func:`chaining`).
     """
 
     backend: str
@@ -60,6 +60,28 @@ class DeviceInfo:
     default_profile: str
     reason: str
     runlists: bool = False
+    runlists_reason: str = ""
+
+
+def chaining(requested: bool | None, backend: str, has_runlists: bool) -> tuple[bool, str]:
+    """Whether to chain a batch's runs into ``runlist`` commands, and why.
+
+    ``requested`` None (the default) chains on the emulator only: on real XRT
+    chains have not been shown correct on hardware (docs/device.md#runlist-chains),
+    so each run is its own command there unless ``runlists=True`` asks.
+    """
+    if not has_runlists:
+        return False, "this pyxrt has no runlist (XRT before mid-2025)"
+    if requested is False:
+        return False, "runlists=False was requested"
+    if requested:
+        return True, "runlists=True was requested"
+    if backend == "emulator":
+        return True, "the emulator plays runlists as XRT and the driver report them"
+    return False, (
+        "single runs by default on real XRT: runlist chains have not been shown correct "
+        "on hardware yet (pass runlists=True to use them)"
+    )
 
 
 def generation_of(name: str, profile: Any) -> str:

@@ -54,18 +54,32 @@ def late(sub: Submission, timeout_s: float | None, state: str | None) -> DeviceE
     )
 
 
-def failed(sub: Submission, index: int | None, command: Command, state: str) -> DeviceError:
-    """The error of a batch whose run ``index`` (None: somewhere in ``command``) failed."""
-    which = (
-        f"run {index}"
-        if index is not None
-        else f"a run of runs {command.first}..{command.first + command.count - 1}"
-    )
+def failed(
+    sub: Submission, index: int | None, command: Command, state: str, said: str | None = None
+) -> DeviceError:
+    """The error of a batch whose run ``index`` failed.
+
+    ``index`` is None when the device does not blame a run of this batch: the
+    failed run of a chain is unknown (``said``: what XRT's wait threw), or
+    the command only met a context an earlier failure left out of step
+    (``command.secondary``). Callers may then run the batch again.
+    """
+    first, last = command.first, command.first + command.count - 1
+    which = f"run {index}" if index is not None else f"a run of runs {first}..{last}"
+    cause = ""
+    if said is not None:
+        cause = f" (XRT's wait raised: {said})"
+    if command.secondary:
+        cause += (
+            " after an earlier run on the same hardware context had failed: its design was "
+            "out of step, so this is not the batch's own fault"
+        )
     return DeviceError(
         explain(
-            f"{which} of batch {sub.batch} (request {sub.request}) ended in {state}",
+            f"{which} of batch {sub.batch} (request {sub.request}) ended in {state}{cause}",
             "ERT_CMD_STATE_COMPLETED",
-            "The batch's output is lost; retry it or fail its request.",
+            "The batch's output is lost; retry it or fail its request. The device "
+            "recreates its hardware context before its next run.",
         ),
         state=state,
         batch=sub.batch,

@@ -13,7 +13,7 @@ from typing import Any
 from npu_pipeline import emulator
 from npu_pipeline.contract import KernelContract
 from npu_pipeline.device import faults, memlock
-from npu_pipeline.device.discovery import DeviceInfo, generation_of
+from npu_pipeline.device.discovery import DeviceInfo, chaining, generation_of
 from npu_pipeline.device.queue import CommandQueue
 from npu_pipeline.device.slots import Slot, SlotBuffers
 from npu_pipeline.device.submission import Completion, RunShape, Submission
@@ -97,7 +97,7 @@ class NpuDevice:
         xrt_module: ModuleType | None = None,
         index: int = 0,
         timed: bool = False,
-        runlists: bool = True,
+        runlists: bool | None = None,
         **emulator_options: Any,
     ) -> NpuDevice:
         """Open device ``index``, load ``contract``'s xclbin, create its context and kernel.
@@ -115,7 +115,9 @@ class NpuDevice:
                 modelled ``run_seconds`` (figures stay *modelled*).
             runlists: submit the runs of a many-run batch as ``runlist``
                 chains when the pyxrt module has ``runlist``; False keeps one
-                command per run (the window every XRT version supports).
+                command per run (the window every XRT version supports); None
+                (default): chains on the emulator, single runs on real XRT
+                (``info.runlists_reason`` says why).
             emulator_options: passed to ``emulator.device`` (``generation``,
                 ``watchdog_s``, ``runs_in_flight``, ``faults``, ...).
 
@@ -171,6 +173,7 @@ class NpuDevice:
             session.close()
             raise
         emulated = backend.name == "emulator"
+        chained, chained_why = chaining(runlists, backend.name, session.has_runlists)
         info = DeviceInfo(
             backend=backend.name,
             name=name,
@@ -185,7 +188,8 @@ class NpuDevice:
             ),
             default_profile="cpu" if emulated else generation,
             reason=backend.reason,
-            runlists=bool(runlists) and session.has_runlists,
+            runlists=chained,
+            runlists_reason=chained_why,
         )
         return cls(session, info)
 
@@ -325,7 +329,7 @@ class NpuDevice:
                 if sub.failed is not None:
                     index, command = sub.failed
                     # The emulator raises hazards in the final wait.
-                    raise faults.failed(sub, index, command, command.final())
+                    raise faults.failed(sub, index, command, *command.final())
                 if not sub.stopped:
                     out, size = sub.shape.output
                     self._session.copy_out(
@@ -383,8 +387,9 @@ class NpuDevice:
     # -- internals ---------------------------------------------------------------
 
     def _poll_orphans(self, slot: Slot) -> None:
-        """Look (1 ms at most each) whether the chains of a batch whose waiter gave up
-        have ended: only a poll tells, and nobody else polls them."""
+        """Wait for the chains of a batch whose waiter gave up: only a poll tells that
+        a chain ended, and nobody else polls them. A chain's wait is untimed (pyxrt
+        binds no timed one that Python can call): at most one chain's device time."""
         queue = self._queue
         with self._lock:
             busy = queue.active.get(slot.index)
@@ -432,7 +437,9 @@ class NpuDevice:
                 return
             self._closed = True
         queue = self._queue
-        deadline = time.perf_counter() + self.info.watchdog_s + 1.0
+        # The watchdog fires one to two periods after the device's last progress
+        # (two to three on the older drivers' two-phase check): wait that long.
+        deadline = time.perf_counter() + 3 * self.info.watchdog_s + 1.0
         while time.perf_counter() < deadline:
             with self._lock:
                 queue.reap()

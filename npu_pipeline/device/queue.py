@@ -6,6 +6,12 @@ a fifth submission blocks in the driver). :class:`CommandQueue` never submits
 past the limit: it starts the next command of whichever started batch is
 oldest when one ends, and measures each block shape's device time so that
 chains fit :data:`CHAIN_BUDGET_S`.
+
+A command that fails (ERROR, TIMEOUT, ABORT, or a wait XRT threw from)
+leaves the design's forever-looping cores out of step with the host. The
+queue then starts nothing more on that hardware context: once every command
+started on it has ended, it recreates the context and its kernel, drops the
+runs and runlists bound to the old one, and goes on (docs/device.md#recovery).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from npu_pipeline.device.commands import Command, Flag
+from npu_pipeline.device.commands import Command
 
 if TYPE_CHECKING:
     from npu_pipeline.device.slots import SlotBuffers
@@ -52,7 +58,10 @@ class CommandQueue:
         # block -> (decayed seconds, decayed runs) observed: seconds per run of the shape.
         self._pace: dict[tuple[int, int, int], tuple[float, float]] = {}
         self._last_end = 0.0  # when the last command was seen to end (perf_counter)
-        self._untimed = Flag()  # set if this pyxrt's runlist.wait(timeout) does not work
+        self._epoch = 0  # hardware contexts recreated so far
+        self._failed_epoch: int | None = None  # the context a failure left out of step
+        #: Hardware contexts recreated after a failure (for reports and tests).
+        self.recoveries = 0
 
     @property
     def head(self) -> Command | None:
@@ -94,6 +103,10 @@ class CommandQueue:
         """Start commands of ``sub`` while the device has room."""
         session, buffers = self._session, self._buffers
         while not sub.stopped and sub.next_run < sub.end_run and len(self.in_flight) < self._limit:
+            if self._failed_epoch is not None:
+                if self.in_flight:
+                    return  # commands of the out-of-step context are still to end
+                self._recover()
             first = sub.next_run
             count = min(sub.chain, sub.end_run - first)
             sub.next_run += count
@@ -101,18 +114,26 @@ class CommandQueue:
                 if count == 1:
                     run = buffers.run(sub, first)
                     session.start(run)
-                    command = Command(session, sub, first, 1, run=run)
+                    command = Command(session, sub, first, 1, self._epoch, run=run)
                 else:
                     chain, runs = buffers.chain(sub, first, count)
                     session.execute(chain)
                     command = Command(
-                        session, sub, first, count, chain=chain, runs=runs, untimed=self._untimed
+                        session, sub, first, count, self._epoch, chain=chain, runs=runs
                     )
             except BaseException:
                 sub.stopped = True
                 raise
             sub.running.append(command)
             self.in_flight.append(command)
+
+    def _recover(self) -> None:
+        """Recreate the hardware context and kernel; drop the runs bound to the old one."""
+        self._buffers.drop_runs()
+        self._session.recreate_context()
+        self._epoch += 1
+        self._failed_epoch = None
+        self.recoveries += 1
 
     def reap(self) -> None:
         """Retire every command in flight that has ended, whichever batch it belongs to."""
@@ -123,9 +144,11 @@ class CommandQueue:
         if not any(ended):
             return
         now = time.perf_counter()
-        still = []
+        still: list[Command] = []
         for command, done in zip(in_flight, ended, strict=True):
-            if not done:
+            # A failure is judged only once every older command has been seen to end
+            # (an older one may have ended, unseen, between the two looks).
+            if not done or (not command.outcome[0] and still):
                 still.append(command)
                 continue
             sub = command.sub
@@ -135,8 +158,13 @@ class CommandQueue:
                 self._observe(command, now)
             else:
                 self._pace.pop(sub.block, None)  # slow down again after a failure
+                # Commands end in order: the first failure seen on a context is its
+                # own; a later one on the same context met a design out of step.
+                command.secondary = self._failed_epoch == command.epoch
+                self._failed_epoch = command.epoch
                 if sub.failed is None:
-                    sub.failed, sub.stopped = (index, command), True
+                    blamed = None if command.secondary else index
+                    sub.failed, sub.stopped = (blamed, command), True
             if sub.closed and not sub.running and self.active.get(sub.slot.index) is sub:
                 del self.active[sub.slot.index]
         self.in_flight = still

@@ -110,6 +110,12 @@ class SlotBuffers:
         for cache in (self._slots, self._chains, self._runs, self._subs, self._roots, self._instr):
             cache.clear()
 
+    def drop_runs(self) -> None:
+        """Forget every run and runlist: they are bound to a hardware context that was
+        replaced (the BOs are the device's and stay)."""
+        self._runs.clear()
+        self._chains.clear()
+
     def roots_of(self, slot: Slot) -> dict[str, Any]:
         """The root BO of each buffer of ``slot``.
 

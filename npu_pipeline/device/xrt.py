@@ -97,6 +97,8 @@ class XrtSession:
         self._kernel: Any = None
         #: A run has ended when its state is >= COMPLETED, as XRT's own poll decides.
         self.completed = int(self.module.ert_cmd_state.ERT_CMD_STATE_COMPLETED)
+        #: What a run reports in flight, and a run of a runlist XRT did not mark.
+        self.new = int(self.module.ert_cmd_state.ERT_CMD_STATE_NEW)
         direction = self.module.xclBOSyncDirection
         self._to_device = direction.XCL_BO_SYNC_BO_TO_DEVICE
         self._from_device = direction.XCL_BO_SYNC_BO_FROM_DEVICE
@@ -124,8 +126,14 @@ class XrtSession:
             xclbin = module.xclbin(str(builds.build_file(self.contract, self.contract.xclbin)))
         self._device.register_xclbin(xclbin)
         self._xclbin = xclbin
-        self._context = module.hw_context(self._device, xclbin.get_uuid())
-        self._kernel = module.kernel(self._context, self.contract.kernel_name)
+        self.recreate_context()
+
+    def recreate_context(self) -> None:
+        """A new hardware context and kernel for the registered xclbin (the old ones are
+        dropped: runs and runlists made on them must be dropped too)."""
+        context = self.module.hw_context(self._device, self._xclbin.get_uuid())
+        self._kernel = self.module.kernel(context, self.contract.kernel_name)
+        self._context = context
 
     # -- buffers -------------------------------------------------------------
 
@@ -210,9 +218,10 @@ class XrtSession:
         chain.execute()
 
     @staticmethod
-    def wait_chain(chain: Any, timeout_ms: int | None = None) -> Any:
-        """Wait for a runlist: untimed, or timed (which this pyxrt may refuse)."""
-        return chain.wait() if timeout_ms is None else chain.wait(timeout_ms)
+    def wait_chain(chain: Any) -> None:
+        """Wait for a runlist, untimed: pyxrt's timed overload cannot be called (it takes
+        a ``std::chrono::milliseconds`` and the binding has no chrono caster)."""
+        chain.wait()
 
     # -- closing -------------------------------------------------------------
 

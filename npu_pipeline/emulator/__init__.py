@@ -12,15 +12,17 @@ It provides the part of pyxrt's API that NPU host code uses (``device``,
 ``bo``, ``xclBOSyncDirection``, ``ert_cmd_state``, ``xrt_info_device``,
 ``enumerate_devices``), executes each kernel contract bit-exactly on the CPU
 in one device thread per hardware context, and enforces the driver's rules
-(BO flags, sync before use, 4 runs in flight, the watchdog, buffer hazards).
+(BO flags, sync before use, 4 runs in flight, the device-wide watchdog, a
+context out of step after a failed run, runlists as XRT reports them, buffer
+hazards).
 
 Emulator-only extras: :func:`instructions` (the emulated insts.bin),
 :func:`instruction_count`, :func:`inject_fault` with :class:`FaultKind` and
 :class:`Fault`, ``close()`` and ``memlock_limit()`` on ``device``, ``close()``
-on ``hw_context``, :func:`emulated_host` (no device, a low memlock limit, the
-GIL mode), the device names :data:`VBNV_NAMES`, and the counters
-:func:`live_device_threads`, :func:`live_bos` and :func:`locked_bytes`. See
-docs/emulator.md.
+and ``out_of_step`` on ``hw_context``, :func:`emulated_host` (no device, a low
+memlock limit, the GIL mode), the device names :data:`VBNV_NAMES`, and the
+counters :func:`live_device_threads`, :func:`live_bos` and :func:`locked_bytes`.
+See docs/emulator.md.
 """
 
 from npu_pipeline.emulator._buffers import POISON, bo, live_bos

@@ -111,6 +111,9 @@ class device:
         memlock_bytes: the locked-memory limit root BOs count against, bytes
             (``resource.RLIM_INFINITY``: unlimited); default the
             :class:`EmulatedHost`'s, else the process's ``RLIMIT_MEMLOCK``.
+        reset_leaves_new: play an older amdxdna driver: a command ended by a
+            watchdog reset stays ``NEW`` and its ``wait`` raises "unexpected
+            command state", as XRT's does (default off).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class device:
         name: str | None = None,
         hold_gil: bool | None = None,
         memlock_bytes: int | None = None,
+        reset_leaves_new: bool = False,
     ) -> None:
         host = _host
         if not 0 <= index < host.devices:
@@ -161,6 +165,7 @@ class device:
             name=name,
             hold_gil=hold_gil,
             memlock_bytes=limit,
+            reset_leaves_new=reset_leaves_new,
         )
         self._xclbins: dict[uuid, xclbin] = {}
         self._last_uuid: uuid | None = None
@@ -266,6 +271,12 @@ class hw_context:
     def get_mode(self) -> AccessMode:
         """The access mode it was created with."""
         return self._mode
+
+    @property
+    def out_of_step(self) -> str | None:
+        """Emulator-only: why every run on this context now fails (a run failed or the
+        watchdog reset the device), or ``None``. Only a new hw_context clears it."""
+        return self._queue.out_of_step
 
     def close(self) -> None:
         """Emulator-only: abort queued runs, stop and join the device thread. Idempotent."""

@@ -30,10 +30,14 @@ class FaultKind(enum.Enum):
     - ``ERROR``: the run ends in ``ERT_CMD_STATE_ERROR`` without writing its
       output, as when the firmware answers with a failure status
       (amdxdna ``aie2_sched_resp_handler``).
-    - ``HANG``: the run never finishes; the watchdog ends it in
-      ``ERT_CMD_STATE_TIMEOUT`` after ``watchdog_s`` and every other run then
-      in flight on its hardware context ends in ``ERT_CMD_STATE_ABORT``; the
-      context then serves new runs again (amdxdna TDR: stop and restart).
+    - ``HANG``: the run never finishes; the device-wide watchdog ends it in
+      ``ERT_CMD_STATE_TIMEOUT`` one to two ``watchdog_s`` periods after the
+      device's last progress, and its recovery restarts every hardware
+      context: every other run then in flight on any context ends in
+      ``ERT_CMD_STATE_ABORT`` (amdxdna TDR: stop and restart).
+    - After any of these, and after an ``ERROR``, the run's context is out
+      of step with its design: its later runs end in ``ERT_CMD_STATE_ERROR``
+      until the host creates a new ``hw_context``.
     - ``DEVICE_LOST``: when the run reaches the device, the device is gone:
       that run and every run in flight end in ``ERT_CMD_STATE_ABORT``, and
       every later driver call (BO allocation, ``sync``, ``start``, creating a

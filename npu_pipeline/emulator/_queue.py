@@ -13,9 +13,16 @@ thread takes commands first in, first out, and for each run:
    ``max(submitted, previous completion) + run_seconds``, never earlier than
    the real compute end (a run submitted while the previous one executed is
    modelled as queued: ``queued_dispatch_s`` in place of ``dispatch_s``);
-5. applies the watchdog: a run whose device time exceeds ``watchdog_s`` ends
-   in ``ERT_CMD_STATE_TIMEOUT`` and every other run queued on the context in
+5. applies the device-wide watchdog (``DeviceState.watchdog_deadline``): a
+   run still on the device when no context made progress for a period ends
+   in ``ERT_CMD_STATE_TIMEOUT``, and the recovery restarts every context of
+   the device: every other run in flight on any of them ends in
    ``ERT_CMD_STATE_ABORT`` (amdxdna TDR, see docs/emulator.md).
+
+A run that ends in any state other than COMPLETED leaves its context *out of
+step*: the design's cores loop forever and no longer match what the host
+submits, so every later run on that context ends in ``ERT_CMD_STATE_ERROR``
+until the host creates a new ``hw_context``.
 
 At most ``runs_in_flight`` commands are in flight (queued or executing); a
 further ``submit`` blocks until one completes, as the driver's does. A
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -130,10 +138,11 @@ class Command:
         self.done = done
         self.failed: int | None = None
 
-    def finish_all(self, state: ert_cmd_state) -> None:
-        """End every run of the command in ``state`` (a command that never executes)."""
+    def finish_all(self, state: ert_cmd_state, stale: bool = False) -> None:
+        """End every run of the command in ``state`` (a command that never executes);
+        ``stale``: as an older driver ends a command it reset (see ``run._end``)."""
         for launch in self.launches:
-            launch.run._finish(launch, state)
+            launch.run._finish(launch, state, stale=stale)
         if self.launches and state != COMPLETED:
             self.failed = 0
         if self.done is not None:
@@ -149,7 +158,10 @@ class CommandQueue:
         self._pending: deque[Command] = deque()
         self._in_flight = 0
         self._closing = False
-        self._stop = threading.Event()  # wakes a sleeping run when the context closes
+        self._stop = threading.Event()  # set (under _cond) when the context closes
+        self._resets = 0  # watchdog recoveries of the device seen by this context
+        #: Why the context's design is out of step with the host, once a run failed.
+        self.out_of_step: str | None = None
         self._last_completion = 0.0
         # Until when the device thread sleeps through modelled device time (perf_counter
         # seconds): a blocked pyxrt call holds the GIL that long (see _gil).
@@ -183,6 +195,7 @@ class CommandQueue:
             self._in_flight += 1
             self._pending.append(command)
             self._cond.notify_all()
+        self._state.signal()
 
     def abort_pending(self) -> None:
         """End every queued (not yet executing) command in ERT_CMD_STATE_ABORT."""
@@ -193,12 +206,42 @@ class CommandQueue:
             command.finish_all(ABORT)
         self._retire(len(aborted))
 
+    def reset(self, hung: bool) -> None:
+        """The watchdog's recovery stops and restarts this context: its queued runs
+        abort, its executing run ends (TIMEOUT if ``hung``, else ABORT), and its
+        design is out of step from now on."""
+        with self._cond:
+            self._resets += 1
+            aborted = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        self._lose_step(
+            "the driver watchdog reset every hardware context of the device"
+            + ("" if hung else " (after a hang on another context)")
+        )
+        for command in aborted:
+            command.finish_all(ABORT, stale=self._state.reset_leaves_new)
+        self._retire(len(aborted))
+
+    def _lose_step(self, cause: str) -> None:
+        """Mark the context out of step after ``cause`` (the first cause is kept)."""
+        with self._cond:
+            if self.out_of_step is not None:
+                return
+            self.out_of_step = explain(
+                f"{cause}; the design's cores loop forever and are now out of step with "
+                "the host, so every later run on this hw_context ends in ERT_CMD_STATE_ERROR",
+                "runs on a hw_context whose runs all completed",
+                "Recreate the hw_context and its kernel (and runs) before the next run.",
+            )
+        _log.warning("emulated NPU: %s", self.out_of_step)
+
     def close(self) -> None:
         """Abort queued runs, stop the device thread and join it (unless called from it)."""
         with self._cond:
             self._closing = True
+            self._stop.set()
             self._cond.notify_all()
-        self._stop.set()
         self.abort_pending()
         if threading.current_thread() is not self._thread:
             self._thread.join(JOIN_TIMEOUT_S)
@@ -226,6 +269,7 @@ class CommandQueue:
     def _run_command(self, command: Command) -> None:
         launches = command.launches
         position = 0
+        stale_resets = self._state.reset_leaves_new
         try:
             while position < len(launches):
                 if (
@@ -241,12 +285,11 @@ class CommandQueue:
                             continue  # what is left of the group runs one by one
                 # A failed run ends the rest of its runlist (XRT skips them as ABORT).
                 skip = command.failed is not None or self._stop.is_set()
-                state = ABORT if skip else self._execute(launches[position])
+                resets = self._resets
+                state = ABORT if skip else self._execute(launches[position], resets)
                 self._last_completion = time.perf_counter()
-                if state == TIMEOUT:
-                    # Watchdog recovery stops and restarts the context: queued runs abort.
-                    self.abort_pending()
-                self._complete(command, position, state)
+                stale = stale_resets and not skip and self._resets != resets
+                self._complete(command, position, state, stale=stale)
                 position += 1
         except Exception:
             # A bug in the emulator itself. Were this thread to die, every
@@ -258,16 +301,26 @@ class CommandQueue:
                 self._complete(command, rest, ABORT)
 
     def _complete(
-        self, command: Command, position: int, state: ert_cmd_state, checked: bool = False
+        self,
+        command: Command,
+        position: int,
+        state: ert_cmd_state,
+        checked: bool = False,
+        stale: bool = False,
     ) -> None:
         """End run ``position`` of ``command``; after its last run, end the command.
 
         The command's in-flight slot is given back before its last run is
         seen to end, so a host that starts the next run as soon as it sees
-        the end never blocks on the slot.
+        the end never blocks on the slot. A run the device failed leaves
+        the context out of step (a mapped-write hazard does not: the device
+        ran it).
         """
         launch = command.launches[position]
-        final = launch.run._end(launch, state, checked)
+        self._state.signal()
+        if state != COMPLETED:
+            self._lose_step(f"run #{launch.index} ended in {state.name}")
+        final = launch.run._end(launch, state, checked, stale=stale)
         if final != COMPLETED and command.failed is None:
             command.failed = position
         if position < len(command.launches) - 1:
@@ -299,6 +352,7 @@ class CommandQueue:
         stream = first.stream
         if (
             self._state.timing is not None
+            or self.out_of_step is not None
             or first.fault is not None
             or stream is None
             or not can_group(first.contract, stream)
@@ -335,6 +389,7 @@ class CommandQueue:
         first = group[0]
         contract = first.contract
         device_start = max(first.submitted_at, self._last_completion)
+        resets = self._resets
         runs = len(group)
         # Each buffer's bytes of every run of the group, a run per row (as _group_end checked).
         rows = {
@@ -345,8 +400,12 @@ class CommandQueue:
         }
         product = product_of_runs(contract, first.stream, rows, self._scratch)
         now = time.perf_counter()
-        watchdog = state.watchdog_s
-        if state.lost or self._stop.is_set() or 0 < watchdog < now - device_start:
+        if (
+            state.lost
+            or self._stop.is_set()
+            or self._resets != resets
+            or now >= state.watchdog_deadline(device_start)
+        ):
             return 0
         done = runs
         for index, launch in enumerate(group):
@@ -360,37 +419,63 @@ class CommandQueue:
             self._complete(command, index, COMPLETED, checked=True)
         return done
 
-    def _sleep_until(self, deadline: float) -> bool:
-        """Sleep until ``deadline`` (perf_counter seconds); False if the context closed."""
-        self.busy_until = deadline
-        return not self._stop.wait(max(0.0, deadline - time.perf_counter()))
+    def _sleep_until(self, deadline: float, resets: int) -> bool:
+        """Sleep until ``deadline`` (perf_counter s, may be inf); False if the context
+        closed or the device was reset meanwhile."""
+        # Announced to GIL-holding waiters (emulator/_gil.py); never an endless
+        # hold (a hang with the watchdog off): the reset that ends it needs the GIL.
+        self.busy_until = 0.0 if math.isinf(deadline) else deadline
+        with self._cond:
+            woken = self._cond.wait_for(
+                lambda: self._stop.is_set() or self._resets != resets,
+                None if math.isinf(deadline) else max(0.0, deadline - time.perf_counter()),
+            )
+        return not woken
 
-    def _execute(self, launch: Launch) -> ert_cmd_state:
+    def _hold(self, started: float, until: float, resets: int) -> ert_cmd_state:
+        """Keep a run that reached the device at ``started`` on it until ``until``
+        (inf: a hang), unless the watchdog fires first (TIMEOUT, after recovering the
+        device), the device is reset by another context's hang or the context closes
+        (ABORT). Other contexts' progress pushes the watchdog's deadline back."""
+        state = self._state
+        while True:
+            deadline = state.watchdog_deadline(started)
+            if until <= deadline:
+                return COMPLETED if self._sleep_until(until, resets) else ABORT
+            if not self._sleep_until(deadline, resets):
+                return ABORT
+            if time.perf_counter() >= state.watchdog_deadline(started):
+                state.recover(self)
+                return TIMEOUT
+
+    def _execute(self, launch: Launch, resets: int) -> ert_cmd_state:
         state = self._state
         # When the run reached the device: its start, or the previous run's end (FIFO).
         device_start = max(launch.submitted_at, self._last_completion)
-        watchdog = state.watchdog_s
         if state.lost:
             return ABORT
         if launch.fault is FaultKind.DEVICE_LOST:
             state.lose()
             return ABORT
+        if self.out_of_step is not None:
+            launch.run._why = self.out_of_step
+            return ERROR
         if launch.fault is FaultKind.HANG:
-            if watchdog <= 0:
-                self._stop.wait()  # no watchdog: hangs until the context closes
-                return ABORT
-            return TIMEOUT if self._sleep_until(device_start + watchdog) else ABORT
+            return self._hold(device_start, math.inf, resets)
         if launch.fault is FaultKind.ERROR or launch.stream is None:
             return ERROR
         block = launch.stream.block
         queued = launch.submitted_at < self._last_completion  # it waited for the run before
         modelled = state.timing(launch.contract, block, queued) if state.timing else None
-        if modelled is not None and 0 < watchdog < modelled:
-            return TIMEOUT if self._sleep_until(device_start + watchdog) else ABORT
         execute(launch.contract, launch.stream, launch.views, self._scratch)
-        if modelled is not None and not self._sleep_until(device_start + modelled):
-            return ABORT
-        if modelled is None and 0 < watchdog < time.perf_counter() - device_start:
-            return TIMEOUT
+        if modelled is not None:
+            ended = self._hold(device_start, device_start + modelled, resets)
+        elif self._resets != resets:
+            ended = ABORT
+        elif time.perf_counter() >= state.watchdog_deadline(device_start):
+            state.recover(self)
+            ended = TIMEOUT
+        else:
+            ended = COMPLETED
         # Another context may have lost the device while this run computed.
-        return ABORT if state.lost else COMPLETED
+        return ABORT if state.lost else ended

@@ -55,6 +55,23 @@ RUNLIST_MAX = 24
 NEW = ert_cmd_state.ERT_CMD_STATE_NEW
 TIMEOUT = ert_cmd_state.ERT_CMD_STATE_TIMEOUT
 COMPLETED = ert_cmd_state.ERT_CMD_STATE_COMPLETED
+ABORT = ert_cmd_state.ERT_CMD_STATE_ABORT
+
+#: What XRT's hw_queue throws when the driver signals a command it left in NEW
+#: (Xilinx/XRT src/runtime_src/core/common/api/hw_queue.cpp, qds_device::wait).
+UNEXPECTED_STATE = "qds_device::wait() unexpected command state"
+
+
+def _unexpected_state(what: str) -> DeviceError:
+    return DeviceError(
+        explain(
+            f"{what} raised: {UNEXPECTED_STATE} (the driver's reset left the command in "
+            "ERT_CMD_STATE_NEW, as older amdxdna drivers do)",
+            "a command the driver ended in a final state",
+            "Treat the command as failed, drop the objects bound to the context and "
+            "recreate the hw_context; upgrading the amdxdna driver avoids it.",
+        )
+    )
 
 
 def _rule(what: str, expected: str, fix: str) -> DriverRuleError:
@@ -306,7 +323,8 @@ class kernel:
 class run:
     """One execution of a kernel: ``run(kernel)``, ``set_arg``, ``start``, ``wait``, ``state``.
 
-    A run in flight reports ``ERT_CMD_STATE_NEW``. ``wait(timeout_ms)``
+    A run in flight reports ``ERT_CMD_STATE_NEW``; so does a run of a runlist
+    until ``runlist.wait`` marks it (see :class:`runlist`). ``wait(timeout_ms)``
     returns ``ERT_CMD_STATE_TIMEOUT`` if the run is still in flight after
     ``timeout_ms`` (it keeps running); ``wait()`` or ``wait(0)`` waits for
     the end. A run during which the host bytes of a mapped BO it uses
@@ -321,7 +339,10 @@ class run:
         self._plan: tuple | None = None  # kernel._plan of the checked arguments
         self._runlist: runlist | None = None  # the runlist it belongs to, if any
         self._state = NEW
+        self._final = NEW  # how the device ended it (state() shows it unless in a runlist)
         self._hazard: str | None = None
+        self._why: str | None = None  # why it failed, when the reason is its context's
+        self._stale = False  # ended by a reset that left it NEW (reset_leaves_new)
         self._done = threading.Event()
         self._done.set()  # a run never started has nothing to wait for
 
@@ -353,6 +374,8 @@ class run:
         timeout_s = int(timeout_ms) / 1000 if timeout_ms else None
         if not _gil.wait(self._done, ctx._queue, timeout_s, ctx._state.hold_gil):
             return TIMEOUT
+        if self._stale:
+            raise _unexpected_state("run.wait()")
         if self._hazard is not None:
             raise BufferHazardError(self._hazard)
         return self._state
@@ -371,7 +394,9 @@ class run:
                 "Wait for it first, or create another run.",
             )
         launch = self._kernel._launch(self)
-        self._state, self._hazard = NEW, None
+        self._state = self._final = NEW
+        self._hazard = self._why = None
+        self._stale = False
         self._done.clear()
         return launch
 
@@ -385,19 +410,26 @@ class run:
             command.finish_all(ert_cmd_state.ERT_CMD_STATE_ABORT)
             raise
 
-    def _finish(self, launch: Launch, state: ert_cmd_state, checked: bool = False) -> ert_cmd_state:
+    def _finish(
+        self, launch: Launch, state: ert_cmd_state, checked: bool = False, stale: bool = False
+    ) -> ert_cmd_state:
         """End the run (device thread): ``_end`` it, then ``_signal`` its final state."""
-        final = self._end(launch, state, checked)
+        final = self._end(launch, state, checked, stale)
         self._signal()
         return final
 
-    def _end(self, launch: Launch, state: ert_cmd_state, checked: bool = False) -> ert_cmd_state:
+    def _end(
+        self, launch: Launch, state: ert_cmd_state, checked: bool = False, stale: bool = False
+    ) -> ert_cmd_state:
         """Check for mapped writes and release the run's buffers; return its final state.
 
         The final state is ``ERT_CMD_STATE_ERROR`` if the host wrote a mapped
         BO of the run while it was in flight. ``checked``: the caller has just
-        found no such write. ``state()`` reports it from now on; ``wait``
-        returns once ``_signal`` is called.
+        found no such write. ``state()`` reports it from now on, unless the
+        run belongs to a runlist (the driver updates only the chain's command,
+        XRT only the runs ``runlist.wait`` marks) or ``stale`` (a reset of an
+        older driver left the command NEW); ``wait`` returns once ``_signal``
+        is called.
         """
         changed = [] if checked else [use for use in launch.watched if use.host_changed()]
         release(launch.uses)
@@ -411,7 +443,9 @@ class run:
                 "Wait for the run before packing the next batch into its buffers.",
             )
             state = ert_cmd_state.ERT_CMD_STATE_ERROR
-        self._state = state
+        self._final, self._stale = state, stale
+        if self._runlist is None and not stale:
+            self._state = state
         return state
 
     def _signal(self) -> None:
@@ -426,15 +460,25 @@ class runlist:
     are started only by ``execute()``; nothing may be added and the list may
     not be executed again while it executes; after ``wait`` it may be
     executed again (its runs are started again with their current arguments).
+
+    As pyxrt binds it (Xilinx/XRT ``src/python/pybind11/src/pyxrt.cpp``),
+    only the untimed ``wait()`` can be called: the timed overload takes a
+    ``std::chrono::milliseconds`` that no Python value converts to, so
+    ``wait(timeout)`` raises TypeError. As the driver and XRT report a chain
+    (amdxdna ``aie2_sched_cmdlist_resp_handler``, XRT ``runlist_impl::wait``),
+    the runs' own states stay ``NEW``: a failed ``wait`` marks the failed run
+    with the chain's state and the later runs ``ABORT``, and leaves the runs
+    before it ``NEW``.
     """
 
     def __init__(self, hwctx: hw_context) -> None:
         self._ctx = hwctx
         self._runs: list[run] = []
         self._command: Command | None = None
+        self._stuck = False  # a wait raised "unexpected command state": never idle again
 
     def _executing(self) -> bool:
-        return self._command is not None and not self._command.done.is_set()
+        return self._stuck or (self._command is not None and not self._command.done.is_set())
 
     def add(self, r: run) -> None:
         """Append a run (not in flight, of a kernel in this context, in no other runlist)."""
@@ -452,7 +496,7 @@ class runlist:
             )
         if self._executing():
             raise _rule(
-                "add() to a runlist that is executing",
+                "add() to a runlist that is executing (XRT: runlist must be idle)",
                 "an idle runlist",
                 "wait() for the runlist first.",
             )
@@ -467,9 +511,10 @@ class runlist:
             raise _rule("execute() of an empty runlist", "at least one run", "add() runs first.")
         if self._executing():
             raise _rule(
-                "execute() of a runlist that is executing",
+                "execute() of a runlist that is executing (XRT: runlist must be idle)",
                 "an idle runlist",
-                "wait() for the runlist first.",
+                "wait() for the runlist first; a runlist whose wait raised "
+                "'unexpected command state' stays running: make a new one.",
             )
         launches: list[Launch] = []
         try:
@@ -481,32 +526,48 @@ class runlist:
         self._command = Command(launches, threading.Event())
         self._runs[0]._submit(self._command)
 
-    def wait(self, timeout: int | None = None) -> ert_cmd_state | None:
+    def wait(self, *args: Any, **kwargs: Any) -> None:
         """Wait for every run; raise if one did not complete, as XRT does.
 
-        With ``timeout`` (ms): return ``ERT_CMD_STATE_TIMEOUT`` if the list is
-        still executing after it, else ``ERT_CMD_STATE_COMPLETED``. Without:
-        return None. Either way, once the list ended with a run that did not
-        complete: raise ``BufferHazardError`` if the host wrote a mapped BO of
-        that run while it was in flight, else ``DeviceError`` naming the run
-        and its state (``.state``); the later runs of the list were aborted.
+        Once the list ended with a run that did not complete: that run gets
+        its state, the later runs ``ABORT``; then raise ``BufferHazardError``
+        if the host wrote a mapped BO of that run while it was in flight, else
+        ``DeviceError`` ("runlist failed execution (<state>)", as XRT's
+        ``runlist::command_error``). The list is idle again either way.
+
+        Raises:
+            TypeError: any argument (pyxrt's timed overload cannot be called).
         """
+        if args or kwargs:
+            given = ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            raise TypeError(
+                "wait(): incompatible function arguments. The following argument types "
+                "are supported:\n    1. (self: pyxrt.runlist) -> None\n    2. (self: "
+                "pyxrt.runlist, timeout: std::chrono::duration<long, std::ratio<1l, "
+                f"1000l> >) -> std::cv_status\n\nInvoked with: {self!r}, {given}"
+            )
         command = self._command
         if command is None:
-            return None if timeout is None else COMPLETED
-        timeout_s = int(timeout) / 1000 if timeout else None
-        if not _gil.wait(command.done, self._ctx._queue, timeout_s, self._ctx._state.hold_gil):
-            return TIMEOUT
-        if command.failed is not None:
-            failed = self._runs[command.failed]
-            if failed._hazard is not None:
-                raise BufferHazardError(failed._hazard)
-            raise DeviceError(
-                explain(
-                    f"runlist run {command.failed} ended in {failed._state.name}",
-                    "every run COMPLETED",
-                    "See the run's state; later runs of the list were aborted.",
-                ),
-                state=failed._state.name,
+            return
+        _gil.wait(command.done, self._ctx._queue, None, self._ctx._state.hold_gil)
+        if any(launch.run._stale for launch in command.launches):
+            self._stuck = True  # XRT's wait threw before the list became idle
+            raise _unexpected_state("runlist.wait()")
+        self._command = None
+        if command.failed is None:
+            return
+        failed = self._runs[command.failed]
+        failed._state = failed._final
+        for later in self._runs[command.failed + 1 :]:
+            later._state = ABORT
+        if failed._hazard is not None:
+            raise BufferHazardError(failed._hazard)
+        raise DeviceError(
+            explain(
+                f"runlist failed execution ({failed._state.name}): run {command.failed} "
+                f"of the list failed" + (f"; {failed._why}" if failed._why else ""),
+                "every run COMPLETED",
+                "The runs before it are left NEW and the later ones ABORT, as XRT "
+                "reports them; see each run's state().",
             )
-        return None if timeout is None else COMPLETED
+        )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,8 @@ class DeviceState:
         runs_in_flight: runs in flight per hardware context before ``start`` blocks.
         detect_mapped_writes: record the host bytes of mapped BOs of each run at start and
             completion to catch writes through ``map()`` views.
+        reset_leaves_new: play an older driver: a command ended by a watchdog reset
+            keeps state ``NEW`` and its wait raises "unexpected command state".
         faults: the planned faults and the run numbering.
         name: the device name ``get_info(name)`` reports (the driver's vbnv string).
         hold_gil: blocking calls hold the GIL as pyxrt's do (see ``_gil``).
@@ -79,6 +83,7 @@ class DeviceState:
         name: str | None = None,
         hold_gil: bool = False,
         memlock_bytes: int | None = None,
+        reset_leaves_new: bool = False,
     ) -> None:
         if generation not in DEVICE_NAMES:
             raise DeviceError(
@@ -103,6 +108,7 @@ class DeviceState:
         self.watchdog_s = float(watchdog_s)
         self.runs_in_flight = runs_in_flight
         self.detect_mapped_writes = detect_mapped_writes
+        self.reset_leaves_new = reset_leaves_new
         self.faults = FaultPlan(faults)
         self.name = DEVICE_NAMES[generation] if name is None else name
         self.hold_gil = hold_gil
@@ -110,6 +116,8 @@ class DeviceState:
         self.lost = False
         self._lock = threading.Lock()
         self._queues: weakref.WeakSet[CommandQueue] = weakref.WeakSet()
+        # perf_counter of the device's last progress: a run submitted or ended, on any context.
+        self._last_signal = time.perf_counter()
 
     def check_alive(self, what: str) -> None:
         """Raise DeviceError (a RuntimeError, like XRT's ENODEV system error) once lost."""
@@ -128,6 +136,38 @@ class DeviceState:
         """Remember a context's queue, so losing the device can abort its runs."""
         with self._lock:
             self._queues.add(queue)
+
+    # -- the watchdog (amdxdna TDR: docs/emulator.md#what-the-watchdog-reports-and-why) --
+
+    def signal(self) -> None:
+        """Record device progress: a run was submitted or ended on some context."""
+        self._last_signal = max(self._last_signal, time.perf_counter())
+
+    def watchdog_deadline(self, started: float) -> float:
+        """When the watchdog fires on a run that reached the device at ``started`` (s).
+
+        The driver checks every period whether the *device* made progress
+        during the last period; the checks of a run begin a period after it
+        reached the device. It fires at the first check that finds none:
+        between one and two periods after the device's last progress, never
+        while another context keeps completing runs. ``inf`` when disabled.
+        """
+        period = self.watchdog_s
+        if period <= 0:
+            return math.inf
+        quiet_since = max(self._last_signal, started)
+        return started + (math.ceil((quiet_since - started) / period) + 1) * period
+
+    def recover(self, hung: CommandQueue) -> None:
+        """The watchdog fired on ``hung``'s run: stop and restart every context.
+
+        Every other run in flight on any context (executing or queued) ends in
+        ``ABORT``, and every context is then out of step with its design.
+        """
+        with self._lock:
+            queues = list(self._queues)
+        for queue in queues:
+            queue.reset(hung=queue is hung)
 
     def lose(self) -> None:
         """Lose the device: abort every queued run of every context."""
