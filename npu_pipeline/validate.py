@@ -128,7 +128,8 @@ class Validation:
             "(shape, dtype) results exact against the int64 product",
             f"dispatch per run, {self.label}: single {d['single'] * 1e6:.1f} us, "
             f"queued {d['queued'] * 1e6:.1f} us, chained ({d['chained_as']}) "
-            f"{d['chained'] * 1e6:.1f} us; the profile predicts single "
+            f"{d['chained'] * 1e6:.1f} us ({self.device['runlists_reason']}); "
+            "the profile predicts single "
             f"{d['predicted_single'] * 1e6:.1f} us, queued {d['predicted_queued'] * 1e6:.1f} us",
             f"stages of {shape_name(s['shape'])} ({s['batches']} batches), {self.label}; "
             "ratios are measured / predicted by the plan (with the cost model's corrections) "
