@@ -4,20 +4,21 @@ It runs one int8 GEMM block (contract ``gemm_i8_i32``) and one 16x16 tile
 pair (``tile16_legacy``) and checks both bit-exactly against the golden model.
 
 With XRT installed it drives the NPU; give it the kernel build folders (each
-holding the xclbin and the insts file the contract names)::
+holding the xclbin and the insts file the contract names, as ``make`` writes
+them into ``kernels/<name>/build/<generation>/``)::
 
-    python examples/pyxrt_host_program.py --gemm-build build/gemm --tile16-build build/t16
+    python examples/pyxrt_host_program.py --gemm-build kernels/gemm_i8_i32/build/npu1 \
+        --tile16-build path/to/tile16/build
 
 Without pyxrt it runs unchanged on the emulated NPU (``npu_pipeline.emulator``),
-after writing emulated build folders (kernel.json and insts.bin) to a
-temporary directory; that preparation is the only emulator-specific code.
+after writing emulated build folders (an emulated xclbin and the insts files)
+to a temporary directory; that preparation is the only emulator-specific code.
 The real-XRT path has not been run on hardware by this project.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -45,7 +46,7 @@ def run_kernel(
     xrt, build: Path, contract_name: str, block, inputs: list[np.ndarray], out_bytes: int
 ) -> np.ndarray:
     """One run: inputs in groups 3, 4, ... and the output in the next group; output bytes."""
-    contract = load_contract(build / "kernel.json")
+    contract = load_contract(contract_name)
     instr_v = np.fromfile(build / contract.instruction_file(block), dtype=np.uint32)
 
     device = xrt.device(0)
@@ -68,7 +69,8 @@ def run_kernel(
         bo.write(data, 0)
         bo.sync(xrt.xclBOSyncDirection.XCL_BO_SYNC_BO_TO_DEVICE)
 
-    run = kernel(OPCODE, bo_instr, len(instr_v), *bo_inputs, bo_out)
+    # n_insts in the unit the build's contract names (words: len(instr_v)).
+    run = kernel(OPCODE, bo_instr, contract.instruction_count(instr_v.nbytes), *bo_inputs, bo_out)
     state = run.wait()
     if state != xrt.ert_cmd_state.ERT_CMD_STATE_COMPLETED:
         raise RuntimeError(f"{contract_name}: kernel ended in {state}")
@@ -77,12 +79,8 @@ def run_kernel(
 
 
 def write_emulated_build(folder: Path, contract_name: str, block) -> Path:
-    """Emulator only: a build folder with the contract and its emulated insts file."""
-    contract = load_contract(contract_name)
-    folder.mkdir(parents=True)
-    shutil.copy(contract.source, folder / "kernel.json")
-    pyxrt.instructions(contract, block).tofile(folder / contract.instruction_file(block))
-    return folder
+    """Emulator only: a build folder with an emulated xclbin and insts file."""
+    return pyxrt.write_build(load_contract(contract_name), folder, "npu1", [block])
 
 
 def main(argv: list[str] | None = None) -> int:

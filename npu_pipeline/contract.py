@@ -13,6 +13,7 @@ raises :class:`~npu_pipeline.errors.ContractError` naming the first bad one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -35,6 +36,10 @@ SHIM_MAX_INNER = 1023
 SHIM_MAX_REPEAT = 64
 
 SEMANTICS = ("block_gemm", "tile_pair")
+COUNT_UNITS = ("words", "bytes")
+
+#: Where a generation's build lives beside ``kernel.json`` unless it says otherwise.
+DEFAULT_BUILD_DIR = "build/{generation}"
 LAYOUTS = ("row_major", "tile_major")
 ROLES = ("input", "output")
 
@@ -128,9 +133,12 @@ class KernelContract:
         instr_group_id: memory group of the instruction BO.
         instr_file: file name pattern of the instruction stream; ``{m}``,
             ``{k}``, ``{n}`` are replaced by the block shape.
-        instr_count_unit: unit of the instruction-count argument
-            (``"words"`` or ``"bytes"``; which one the firmware expects is unsettled,
-            docs/hardware-facts.md#kernel-arguments).
+        instr_count_unit: unit of the instruction-count argument ``n_insts``:
+            ``"words"`` (the C++ test programs and older mlir-aie host code pass
+            ``len(insts)``) or ``"bytes"`` (the newest mlir-aie host runtime
+            passes ``insts.nbytes``); which one the firmware expects is
+            unsettled (docs/hardware-facts.md#kernel-arguments), so it is the
+            build's to state (docs/contracts.md#instructions).
         arguments: the run's argument order, e.g.
             ``("opcode", "instr", "n_insts", "a", "b", "c")``.
         buffers: the data buffers, in argument order.
@@ -139,6 +147,10 @@ class KernelContract:
             micro-tiles, tiles row-major, each tile row-major).
         output: the output narrowing.
         targets: geometry per NPU generation, as ``(generation, TargetSpec)`` pairs.
+        build_dir: where the build of one generation lives, relative to the
+            folder of ``kernel.json``; ``{generation}`` is replaced by
+            ``npu1``/``npu2`` (default ``build/{generation}``, what the
+            kernel's Makefile writes; docs/device.md#kernel-builds).
         source: the file the contract was read from.
     """
 
@@ -156,6 +168,7 @@ class KernelContract:
     layout: str
     output: OutputSpec
     targets: tuple[tuple[str, TargetSpec], ...]
+    build_dir: str = DEFAULT_BUILD_DIR
     source: str = ""
 
     def target(self, generation: str) -> TargetSpec:
@@ -194,6 +207,33 @@ class KernelContract:
         m, k, n = block
         elements = {"A": m * k, "B": k * n, "C": m * n, "AB": m * k + k * n}
         return {b.name: elements[b.operand] * b.itemsize for b in self.buffers}
+
+    def instruction_count(self, n_bytes: int) -> int:
+        """The ``n_insts`` argument for an instruction stream of ``n_bytes`` bytes.
+
+        Words (``n_bytes // 4``) or bytes, as :attr:`instr_count_unit` says.
+        """
+        return n_bytes // 4 if self.instr_count_unit == "words" else n_bytes
+
+    def with_count_unit(self, unit: str) -> KernelContract:
+        """This contract with ``n_insts`` counted in ``unit`` (``"words"`` or ``"bytes"``).
+
+        For trying the other convention when a known-answer run fails
+        (:func:`npu_pipeline.device.known_answer.try_other_count_unit`).
+        """
+        if unit not in COUNT_UNITS:
+            raise ContractError(
+                explain(f"count unit {unit!r}", f"one of {COUNT_UNITS}", "Pick one of those.")
+            )
+        return dataclasses.replace(self, instr_count_unit=unit)
+
+    def build_folder(self, generation: str) -> Path:
+        """The folder of the build for ``generation`` in the default layout.
+
+        ``build_dir`` relative to the folder of ``kernel.json``, e.g.
+        ``kernels/gemm_i8_i32/build/npu1``.
+        """
+        return Path(self.source).parent / self.build_dir.format(generation=generation)
 
     def instruction_file(self, block: tuple[int, int, int]) -> str:
         """File name of the instruction stream for ``block`` (m, k, n)."""
@@ -352,6 +392,28 @@ def _parse_target(raw: Any, where: str) -> TargetSpec:
     return spec
 
 
+def _build_dir(raw: dict[str, Any], where: str) -> str:
+    """The optional ``build_dir`` field: a relative path, ``{generation}`` its only field."""
+    if "build_dir" not in raw:
+        return DEFAULT_BUILD_DIR
+    value = _require(raw, "build_dir", str, where)
+    try:
+        expanded = value.format(generation="npu1")
+    except (KeyError, IndexError, ValueError):
+        expanded = None
+    if expanded is None or not value or Path(expanded).is_absolute():
+        raise ContractError(
+            explain(
+                f"{where}: field 'build_dir' is {value!r}",
+                "a relative path whose only {...} field is {generation}, "
+                f"e.g. {DEFAULT_BUILD_DIR!r}",
+                "Fix build_dir in kernel.json, or give the build folder to "
+                "NpuDevice.open(build_dir=...) instead.",
+            )
+        )
+    return value
+
+
 def parse_contract(raw: dict[str, Any], source: str = "<dict>") -> KernelContract:
     """Validate a decoded ``kernel.json`` and build its :class:`KernelContract`.
 
@@ -396,12 +458,13 @@ def parse_contract(raw: dict[str, Any], source: str = "<dict>") -> KernelContrac
         xclbin=_require(raw, "xclbin", str, where),
         instr_group_id=_require(instr, "group_id", int, f"{where} instructions"),
         instr_file=_require(instr, "file", str, f"{where} instructions"),
-        instr_count_unit=_choice(instr, "count_unit", ("words", "bytes"), f"{where} instructions"),
+        instr_count_unit=_choice(instr, "count_unit", COUNT_UNITS, f"{where} instructions"),
         arguments=tuple(_require(raw, "arguments", list, where)),
         buffers=buffers,
         layout=_choice(raw, "layout", LAYOUTS, where),
         output=output,
         targets=targets,
+        build_dir=_build_dir(raw, where),
         source=source,
     )
     _check_consistency(contract, where)

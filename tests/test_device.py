@@ -127,9 +127,10 @@ def test_profile_sets_generation_limits_and_modelled_timing(rng):
 def test_real_xrt_path_reads_the_kernel_build_folder(tmp_path, rng):
     """device='xrt' on a pyxrt-compatible module: xclbin and insts.bin come from the build."""
     shutil.copy(GEMM.source, tmp_path / "kernel.json")
-    (tmp_path / GEMM.xclbin).write_bytes(b"")
     contract = load_contract(tmp_path / "kernel.json")
-    emulator.instructions(contract, BLOCK).tofile(tmp_path / contract.instruction_file(BLOCK))
+    # The default layout: build/<generation>/ beside kernel.json, with the
+    # known-answer block's instructions.
+    emulator.write_build(contract, tmp_path / "build" / "npu1", "npu1", [BLOCK, (256, 64, 256)])
     with NpuDevice.open(contract, device="xrt", xrt_module=emulator) as npu:
         assert npu.info.backend == "xrt" and npu.info.timing == "hardware"
         assert not npu.info.runlists and "single runs" in npu.info.runlists_reason
@@ -184,7 +185,8 @@ def test_tile16_batch_one_sync_in_four_in_flight_one_sync_out(rng, monkeypatch):
         npu.wait(sub)
         # Read while the device is open: closing it frees the BOs the view shows.
         out = slot.view("out").reshape(pairs, 16, 16).copy()
-    assert sorted(syncs) == [(0, 36), (0, 512 * pairs), (1, 256 * pairs)]  # insts, in, out
+    # in, out: the instructions of (16, 16, 16) were loaded by the known-answer run at open.
+    assert sorted(syncs) == [(0, 512 * pairs), (1, 256 * pairs)]
     for i in range(pairs):
         np.testing.assert_array_equal(out[i], reference.tile16_kernel(a[i], b[i]))
 
@@ -195,7 +197,8 @@ def test_gemm_syncs_only_the_used_bytes(rng, monkeypatch):
         syncs = count_syncs(monkeypatch)
         expected = gemm_batch(npu, slot, rng, (256, 64, 256))
         np.testing.assert_array_equal(result(slot, 256, 256), expected)
-    assert sorted(syncs) == [(0, 36), (0, 256 * 64), (0, 64 * 256), (1, 256 * 256 * 4)]
+    # The instructions of (256, 64, 256) were loaded by the known-answer run at open.
+    assert sorted(syncs) == [(0, 256 * 64), (0, 64 * 256), (1, 256 * 256 * 4)]
 
 
 def test_threads_share_one_device(rng):
@@ -583,9 +586,9 @@ def test_an_emulator_bug_is_a_lost_device_not_a_hang(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("simulated emulator bug")
 
-    monkeypatch.setattr(_queue, "execute", broken)
     block = (256, 64, 256)
     with NpuDevice.open(load_contract("gemm_i8_i32"), device="emulator") as device:
+        monkeypatch.setattr(_queue, "execute", broken)  # after the known-answer run
         slot = device.allocate_slot(block)
         submission = device.start(slot, block, batch=7, request=3)
         with pytest.raises(DeviceError) as info:

@@ -2,10 +2,12 @@
 
 NOT COMPILED, NOT RUN ON HARDWARE. Neither mlir-aie (IRON, aiecc, Peano) nor an
 NPU was available where this was written. The IRON part (:func:`build_module`)
-follows mlir-aie's public API as of the v1.1 releases (the programming guide,
-``programming_examples/basic/matrix_multiplication/whole_array/whole_array_iron.py``
-and the run-time-parameter example beside it) and must be compiled and run on
-a machine that has them before anyone trusts it. The pure-Python part above it
+is written against mlir-aie release v1.3.4 (``mlir_aie==1.3.4``): every import
+and call in it was checked, by reading, against that release's
+``python/iron`` sources and examples (kernels/README.md lists them). Later
+releases (v1.4.0 on) replaced ``Runtime.sequence`` by a sequence callback and
+will not run it. It must be compiled and run on a machine that has the
+toolchain before anyone trusts it. The pure-Python part above it
 (geometry, the shim DMA plan, the memory-tile re-tiling patterns, the limit
 checks) needs no mlir-aie and is exercised by ``tests/test_kernel_scalar.py``,
 which pushes a whole block through a numpy model of these patterns and the
@@ -360,36 +362,23 @@ def array_fingerprint(mlir_text: str) -> str:
 
 
 def _device(generation: str):
-    from aie.iron import device as devices
+    from aie.iron.device import NPU1, NPU2
 
-    if generation == "npu2":
-        return devices.NPU2()
-    # Phoenix's physical column 0 has no shim DMA. mlir-aie handles it by never
-    # exposing that column: npu1_4col (older releases: NPU1Col4) and, in newer
-    # releases, npu1 itself number the four usable columns 0..3, and the
-    # firmware places the partition on the physical columns that have shims.
-    for name in ("NPU1Col4", "NPU1"):
-        if hasattr(devices, name):
-            return getattr(devices, name)()
-    raise ImportError("this mlir-aie has neither NPU1Col4 nor NPU1")
+    # Phoenix's physical column 0 has no shim DMA. mlir-aie v1.3.4 never exposes
+    # it: its npu1 device is the four usable columns, numbered 0..3 (NPU1Col1..3
+    # are narrower partitions), and the firmware places the partition on the
+    # physical columns that have shims.
+    return NPU2() if generation == "npu2" else NPU1()
 
 
 def build_module(g: Geometry):
     """Emit the design as an MLIR module (needs mlir-aie; see the module docstring)."""
     g.check()
 
-    from aie.dialects import index as index_dialect
     from aie.helpers.taplib import TensorAccessPattern
-    from aie.ir import IndexType
-    from aie.iron import Kernel, ObjectFifo, Program, Runtime, Worker, WorkerRuntimeBarrier
+    from aie.iron import Buffer, Kernel, ObjectFifo, Program, Runtime, Worker, WorkerRuntimeBarrier
     from aie.iron.controlflow import range_
     from aie.iron.device import Tile
-    from aie.iron.placers import SequentialPlacer
-
-    try:  # renamed from GlobalBuffer to Buffer after v1.1
-        from aie.iron import Buffer as RtpBuffer
-    except ImportError:
-        from aie.iron import GlobalBuffer as RtpBuffer
 
     m, k, n = g.m, g.k, g.n
     r, s, t = g.micro_tile
@@ -423,7 +412,7 @@ def build_module(g: Geometry):
                 obj_type=a_l1,
                 name=f"A_L2L1_{row}",
                 dims_to_stream=a_to_core_dims(g),
-                placement=Tile(g.a_column(row), 1),
+                tile=Tile(g.a_column(row), 1),
             )
         )
 
@@ -438,7 +427,7 @@ def build_module(g: Geometry):
                 obj_type=b_l1,
                 name=f"B_L2L1_{col}",
                 dims_to_stream=b_to_core_dims(g),
-                placement=Tile(col, 1),
+                tile=Tile(col, 1),
             )
         )
         joined = ObjectFifo(
@@ -451,17 +440,19 @@ def build_module(g: Geometry):
                 obj_types=[c_l1] * rows,
                 names=[f"C_L1L2_{col}_{row}" for row in range(rows)],
                 depths=[FIFO_DEPTH] * rows,
-                placement=Tile(col, 1),
+                tile=Tile(col, 1),
             )
         )
 
     def core_fn(a_fifo, b_fifo, c_fifo, zero_fn, matmul_fn, rtp, barrier):
-        # Once per run: wait until this run's parameters are in, read them,
-        # then re-arm the barrier so the next run waits for its own.
+        # Once per run: wait until the runtime sequence has written this run's
+        # parameters, compute, then release the barrier: the handshake of
+        # programming_examples/ml/scale_shift/scale_shift.py in v1.3.4. The loop
+        # bounds are i32 values read from the RTP buffer; range_ (scf.for)
+        # casts them to index itself.
         barrier.wait_for_value(1)
-        tiles = index_dialect.castu(IndexType.get(), rtp[RTP_TILES])
-        k_steps = index_dialect.castu(IndexType.get(), rtp[RTP_K_STEPS])
-        barrier.release_with_value(1)
+        tiles = rtp[RTP_TILES]
+        k_steps = rtp[RTP_K_STEPS]
         for _ in range_(tiles):
             acc = c_fifo.acquire(1)
             zero_fn(acc, m, n)
@@ -472,11 +463,12 @@ def build_module(g: Geometry):
                 a_fifo.release(1)
                 b_fifo.release(1)
             c_fifo.release(1)
+        barrier.release_with_value(1)
 
     workers, rtps, barriers = [], [], []
     for row in range(rows):
         for col in range(cols):
-            rtp = RtpBuffer(rtp_ty, name=f"rtp_{row}_{col}", use_write_rtp=True)
+            rtp = Buffer(rtp_ty, name=f"rtp_{row}_{col}", use_write_rtp=True)
             barrier = WorkerRuntimeBarrier()
             rtps.append(rtp)
             barriers.append(barrier)
@@ -492,7 +484,10 @@ def build_module(g: Geometry):
                         rtp,
                         barrier,
                     ],
-                    placement=Tile(col, 2 + row),
+                    tile=Tile(col, 2 + row),
+                    # Loop counts known only at run time need the dynamic
+                    # ObjectFIFO lowering (single_core_iron_dynamic.py does the same).
+                    dynamic_objfifo_lowering=True,
                 )
             )
 
@@ -523,12 +518,12 @@ def build_module(g: Geometry):
                 if tr.operand == "C":
                     rt.drain(
                         c_out[tr.fifo].cons(), C, tap=tap, wait=True,
-                        task_group=task_group, placement=shim,
+                        task_group=task_group, tile=shim,
                     )  # fmt: skip
                 elif tr.operand == "A":
-                    rt.fill(a_in[tr.fifo].prod(), A, tap=tap, task_group=task_group, placement=shim)
+                    rt.fill(a_in[tr.fifo].prod(), A, tap=tap, task_group=task_group, tile=shim)
                 else:
-                    rt.fill(b_in[tr.fifo].prod(), B, tap=tap, task_group=task_group, placement=shim)
+                    rt.fill(b_in[tr.fifo].prod(), B, tap=tap, task_group=task_group, tile=shim)
             # Keep two groups in flight: wait for the previous group's drains
             # (its fills are done by then) and free its BDs while this one runs.
             if previous is not None:
@@ -536,7 +531,9 @@ def build_module(g: Geometry):
             previous = task_group
         rt.finish_task_group(previous)
 
-    return Program(_device(g.generation), rt).resolve_program(SequentialPlacer())
+    # v1.3.4 has no placer argument: every tile above is placed explicitly, and
+    # aiecc's --aie-place-tiles pass resolves what is left.
+    return Program(_device(g.generation), rt).resolve_program()
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,8 @@ The parts, one job each:
 ============================  ==============================================
 ``xrt``                       the one module that speaks pyxrt: open, buffers, copies, runs
 ``discovery``                 :class:`DeviceInfo`; the NPU generation from the device's name
-``builds``                    where a kernel's build files are; instruction streams
+``builds``                    where a kernel's build files are, their checks; instruction streams
+``known_answer``              the known-answer run every open makes
 ``slots``                     :class:`Slot`; slot BOs and the runs made over them
 ``submission``                :class:`Submission`, :class:`Completion`
 ``commands``                  one run or one runlist chain in flight, and polling it

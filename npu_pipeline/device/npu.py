@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -12,7 +13,8 @@ from typing import Any
 
 from npu_pipeline import emulator
 from npu_pipeline.contract import KernelContract
-from npu_pipeline.device import faults, memlock
+from npu_pipeline.device import faults, known_answer, memlock
+from npu_pipeline.device.builds import KernelBuild
 from npu_pipeline.device.discovery import DeviceInfo, chaining, generation_of
 from npu_pipeline.device.queue import CommandQueue
 from npu_pipeline.device.slots import Slot, SlotBuffers
@@ -98,6 +100,7 @@ class NpuDevice:
         index: int = 0,
         timed: bool = False,
         runlists: bool | None = None,
+        build_dir: str | os.PathLike[str] | None = None,
         **emulator_options: Any,
     ) -> NpuDevice:
         """Open device ``index``, load ``contract``'s xclbin, create its context and kernel.
@@ -118,12 +121,26 @@ class NpuDevice:
                 command per run (the window every XRT version supports); None
                 (default): chains on the emulator, single runs on real XRT
                 (``info.runlists_reason`` says why).
+            build_dir: real XRT: the folder holding the build's xclbin and
+                instruction files for the device's generation; default
+                ``$NPU_PIPELINE_BUILD_DIR``, else ``build/<generation>`` beside
+                the contract's ``kernel.json`` (docs/device.md#kernel-builds).
             emulator_options: passed to ``emulator.device`` (``generation``,
-                ``watchdog_s``, ``runs_in_flight``, ``faults``, ...).
+                ``watchdog_s``, ``runs_in_flight``, ``insts_unit``, ``zeros``,
+                ``faults``, ...). Planned ``faults`` count the runs after the
+                known-answer run, so ``run_index=0`` is the first run you start.
+
+        Every open first runs one known-answer block (the smallest legal one;
+        under a millisecond on the emulator with an idle BLAS) and compares it
+        exactly: a build that completes without computing is refused here, not
+        returned as zeros later (docs/device.md#the-known-answer-run).
 
         Raises:
-            DeviceError: the device cannot be opened (``"xrt"`` without XRT, ...).
-            ContractError: the contract has no build for the device's generation.
+            DeviceError: the device cannot be opened (``"xrt"`` without XRT, ...),
+                or the known-answer run was wrong (the message says what to check).
+            ContractError: the contract has no build for the device's generation,
+                a build file is missing (the message names it and the make
+                command), or an instruction file's header is wrong.
         """
         if isinstance(profile, str):
             raise DeviceError(
@@ -144,7 +161,8 @@ class NpuDevice:
                     "Drop them, or pass device='emulator'.",
                 )
             )
-        check_device_options(emulator_options, backend.name)
+        # The real-XRT path driven on the emulator module takes its options too.
+        check_device_options(emulator_options, "emulator" if is_emulator else backend.name)
         if timed and profile is None:
             raise DeviceError(
                 explain("timed=True without a profile", "a profile", "Pass profile=...")
@@ -154,6 +172,7 @@ class NpuDevice:
         )
         watchdog_s = getattr(profile, "watchdog_s", DEFAULT_WATCHDOG_S)
         settings: dict[str, Any] = {}
+        planned = tuple(emulator_options.pop("faults", ())) if is_emulator else ()
         if is_emulator:
             settings = {
                 "runs_in_flight": runs_in_flight,
@@ -167,8 +186,9 @@ class NpuDevice:
         try:
             name = session.device_name
             generation = generation_of(name, profile)
-            contract.target(generation)
-            session.load(generation)
+            build = KernelBuild.locate(contract, generation, backend.name == "emulator", build_dir)
+            build.check(known_answer.block_of(contract, generation))
+            session.load(build)
         except BaseException:
             session.close()
             raise
@@ -191,7 +211,21 @@ class NpuDevice:
             runlists=chained,
             runlists_reason=chained_why,
         )
-        return cls(session, info)
+        npu = cls(session, info)
+        try:
+            known_answer.check(npu)
+            # The check is not a sample of its block's pace (a first run is cold).
+            npu._queue = CommandQueue(session, npu._buffers, info.runs_in_flight)
+            session.plan_faults(planned, known_answer.KNOWN_ANSWER_RUNS)
+        except BaseException:
+            npu.close()
+            raise
+        return npu
+
+    @property
+    def build(self) -> KernelBuild | None:
+        """Where the loaded xclbin and the instruction streams come from (set by open)."""
+        return self._session.build
 
     # -- slots -------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from npu_pipeline.device import builds, memlock
+from npu_pipeline.device import memlock
 from npu_pipeline.errors import ShapeError, explain
 
 if TYPE_CHECKING:
@@ -182,14 +182,13 @@ class SlotBuffers:
         """The cached instruction BO of ``block`` and its ``n_insts``."""
         cached = self._instr.get(block)
         if cached is None:
-            session, contract = self._session, self._contract
-            words = builds.instruction_words(
-                session.backend.name, contract, block, self._generation
-            )
+            session = self._session
+            build = session.build
+            words = build.instruction_words(block)
             bo = self._pin(
                 [words.nbytes],
                 f"the instructions of block {block}",
                 lambda: session.load_instructions(words),
             )
-            cached = self._instr[block] = (bo, builds.instruction_count(contract, len(words)))
+            cached = self._instr[block] = (bo, build.instruction_count(words))
         return cached

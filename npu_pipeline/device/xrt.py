@@ -95,6 +95,8 @@ class XrtSession:
         self._xclbin: Any = None
         self._context: Any = None
         self._kernel: Any = None
+        #: Where the xclbin and instruction streams come from (set by :meth:`load`).
+        self.build: builds.KernelBuild | None = None
         #: A run has ended when its state is >= COMPLETED, as XRT's own poll decides.
         self.completed = int(self.module.ert_cmd_state.ERT_CMD_STATE_COMPLETED)
         #: What a run reports in flight, and a run of a runlist XRT did not mark.
@@ -117,13 +119,11 @@ class XrtSession:
         """The device's name (the driver's vbnv string on real XRT)."""
         return self._device.get_info(self.module.xrt_info_device.name)
 
-    def load(self, generation: str) -> None:
-        """Register the contract's xclbin for ``generation``, create its context and kernel."""
+    def load(self, build: builds.KernelBuild) -> None:
+        """Register ``build``'s xclbin, create its context and kernel."""
         module = self.module
-        if self.backend.name == "emulator":
-            xclbin = module.xclbin(self.contract)
-        else:
-            xclbin = module.xclbin(str(builds.build_file(self.contract, self.contract.xclbin)))
+        self.build = build
+        xclbin = module.xclbin(build.xclbin())
         self._device.register_xclbin(xclbin)
         self._xclbin = xclbin
         self.recreate_context()
@@ -134,6 +134,11 @@ class XrtSession:
         context = self.module.hw_context(self._device, self._xclbin.get_uuid())
         self._kernel = self.module.kernel(context, self.contract.kernel_name)
         self._context = context
+
+    def plan_faults(self, planned: Any, after_runs: int) -> None:
+        """Emulator only: plan ``planned`` faults, each ``after_runs`` runs later than it says."""
+        for fault in planned:
+            emulator.inject_fault(self._device, fault.kind, run_index=fault.run_index + after_runs)
 
     # -- buffers -------------------------------------------------------------
 

@@ -17,12 +17,12 @@ context out of step after a failed run, runlists as XRT reports them, buffer
 hazards).
 
 Emulator-only extras: :func:`instructions` (the emulated insts.bin),
-:func:`instruction_count`, :func:`inject_fault` with :class:`FaultKind` and
-:class:`Fault`, ``close()`` and ``memlock_limit()`` on ``device``, ``close()``
-and ``out_of_step`` on ``hw_context``, :func:`emulated_host` (no device, a low
-memlock limit, the GIL mode), the device names :data:`VBNV_NAMES`, and the
-counters :func:`live_device_threads`, :func:`live_bos` and :func:`locked_bytes`.
-See docs/emulator.md.
+:func:`write_build` (an emulated build folder), :func:`inject_fault` with
+:class:`FaultKind` and :class:`Fault`, ``close()`` and ``memlock_limit()`` on
+``device``, ``close()`` and ``out_of_step`` on ``hw_context``,
+:func:`emulated_host` (no device, a low memlock limit, the GIL mode), the
+device names :data:`VBNV_NAMES`, and the counters :func:`live_device_threads`,
+:func:`live_bos` and :func:`locked_bytes`. See docs/emulator.md.
 """
 
 from npu_pipeline.emulator._buffers import POISON, bo, live_bos
@@ -45,13 +45,12 @@ from npu_pipeline.emulator._faults import Fault, FaultKind, inject_fault
 from npu_pipeline.emulator._instructions import (
     InstructionStream,
     decode,
-    instruction_count,
     instructions,
 )
 from npu_pipeline.emulator._pinned import locked_bytes
 from npu_pipeline.emulator._queue import live_device_threads
 from npu_pipeline.emulator._runs import kernel, run, runlist
-from npu_pipeline.emulator._xclbin import uuid, xclbin
+from npu_pipeline.emulator._xclbin import uuid, write_build, xclbin
 
 __all__ = [
     "POISON",
@@ -69,7 +68,6 @@ __all__ = [
     "ert_cmd_state",
     "hw_context",
     "inject_fault",
-    "instruction_count",
     "instructions",
     "kernel",
     "live_bos",
@@ -79,6 +77,7 @@ __all__ = [
     "run",
     "runlist",
     "uuid",
+    "write_build",
     "xclBOSyncDirection",
     "xclbin",
     "xrt_info_device",

@@ -141,7 +141,14 @@ def execute(
             each at least as long as the block needs. The output buffer's view
             is overwritten with the result.
         scratch: the calling thread's work arrays.
+
+    A ``zeros`` stream (read with a count that does not match it) computes
+    nothing: the output is all zero.
     """
+    out_spec = contract.output_buffer
+    if stream.zeros:
+        buffers[out_spec.name].fill(0)
+        return
     m, k, n = stream.block
     if stream.layout == "tile_major":
         r, s, t = contract.target(stream.generation).micro_tile
@@ -151,8 +158,6 @@ def execute(
     raw_a, raw_b = _operand_bytes(contract, stream.block, buffers)
     a = _as_float32(_logical(raw_a, m, k, tile_a), scratch.array("a", (m, k)))
     b = _as_float32(_logical(raw_b, k, n, tile_b), scratch.array("b", (k, n)))
-
-    out_spec = contract.output_buffer
     c = _logical(buffers[out_spec.name].view(out_spec.dtype), m, n, tile_c)
     if contract.output.dtype == "int8":
         _narrow_into(exact_product(a, b, scratch, panel_ops=PANEL_OPS), contract.output, c)
@@ -162,7 +167,7 @@ def execute(
 
 def can_group(contract: KernelContract, stream: InstructionStream) -> bool:
     """Whether runs of ``stream`` may be computed together by :func:`product_of_runs`."""
-    return stream.layout == "row_major" and stream.block[1] <= K_CHUNK
+    return not stream.zeros and stream.layout == "row_major" and stream.block[1] <= K_CHUNK
 
 
 def product_of_runs(

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from npu_pipeline.emulator import _gil
 from npu_pipeline.emulator._enums import AccessMode, xrt_info_device
 from npu_pipeline.emulator._faults import Fault
+from npu_pipeline.emulator._instructions import Firmware
 from npu_pipeline.emulator._queue import CommandQueue
 from npu_pipeline.emulator._state import DRIVER_RUNS_IN_FLIGHT, DeviceState
 from npu_pipeline.emulator._xclbin import uuid, xclbin
@@ -114,6 +115,12 @@ class device:
         reset_leaves_new: play an older amdxdna driver: a command ended by a
             watchdog reset stays ``NEW`` and its ``wait`` raises "unexpected
             command state", as XRT's does (default off).
+        insts_unit: the unit the emulated firmware reads ``n_insts`` in,
+            ``"words"`` (default, the shipped contracts' unit) or ``"bytes"``;
+            a run whose count does not match its stream completes with its
+            output all zero (docs/emulator.md#the-instruction-stream).
+        zeros: every run completes with its output all zero, as a missing
+            or wrong instruction stream can on hardware.
     """
 
     def __init__(
@@ -130,6 +137,8 @@ class device:
         hold_gil: bool | None = None,
         memlock_bytes: int | None = None,
         reset_leaves_new: bool = False,
+        insts_unit: str = "words",
+        zeros: bool = False,
     ) -> None:
         host = _host
         if not 0 <= index < host.devices:
@@ -166,6 +175,7 @@ class device:
             hold_gil=hold_gil,
             memlock_bytes=limit,
             reset_leaves_new=reset_leaves_new,
+            firmware=Firmware(insts_unit, zeros),
         )
         self._xclbins: dict[uuid, xclbin] = {}
         self._last_uuid: uuid | None = None

@@ -4,13 +4,15 @@ Starting a run checks its arguments against the kernel contract the way the
 driver and firmware would, and raises ``DriverRuleError`` (a RuntimeError,
 like real pyxrt) for: a wrong argument count or opcode, an instruction BO that
 is not ``cacheable`` or not in the instruction group, a data BO that is not
-``host_only`` or in the wrong group, an instruction count beyond the
-instruction BO, or a data BO too small for the block the instructions name.
+``host_only`` or in the wrong group, an instruction count that is not a
+positive integer, or a data BO too small for the block the instructions name.
 
 The block shape is read from the instruction BO's *device copy*: a stream
-that does not decode (never synced, wrong count, corrupted, built for another
-contract or NPU generation) is not refused at start; the run ends in
-``ERT_CMD_STATE_ERROR``, as the firmware fails it on hardware.
+that does not decode (never synced, corrupted, built for another contract or
+NPU generation) is not refused at start; the run ends in
+``ERT_CMD_STATE_ERROR``, as the firmware fails it on hardware. A count that
+does not match the stream (the other unit, or a wrong length) completes with
+nothing computed (``_instructions.Firmware``).
 
 What the checks cost is kept off the per-run path without skipping any: a
 run's argument checks (count, opcode, each BO's flags, group, device and the
@@ -29,17 +31,13 @@ import time
 import weakref
 from typing import Any
 
+import numpy as np
+
 from npu_pipeline.emulator import _gil
 from npu_pipeline.emulator._buffers import Storage, Use, bo, claim, release
 from npu_pipeline.emulator._device import hw_context
 from npu_pipeline.emulator._enums import BOFlags, ert_cmd_state
-from npu_pipeline.emulator._instructions import (
-    WORDS,
-    InstructionStream,
-    MalformedInstructions,
-    decode,
-    instruction_count,
-)
+from npu_pipeline.emulator._instructions import WORDS, InstructionStream
 from npu_pipeline.emulator._queue import Command, Launch
 from npu_pipeline.errors import (
     BufferHazardError,
@@ -101,7 +99,6 @@ class kernel:
         self._n_args = len(contract.arguments)
         output = contract.output_buffer.name
         self._data = tuple((spec.name, spec.name == output) for spec in contract.buffers)
-        self._stream_count = instruction_count(contract, WORDS)
         # block -> bytes of each data buffer one run of it uses, in argument order.
         self._needs: dict[tuple[int, int, int], tuple[int, ...]] = {}
         # (block, generation) -> whether the contract allows it.
@@ -175,18 +172,14 @@ class kernel:
         self._check_bo(instr, "instr", BOFlags.cacheable, contract.instr_group_id)
         for spec, value in zip(contract.buffers, data, strict=True):
             self._check_bo(value, spec.name, BOFlags.host_only, spec.group_id)
-        n_words = self._n_words(n_insts)
-        if not 0 < 4 * n_words <= instr.size():
+        # The count is a plain scalar to XRT and the driver: only the firmware
+        # reads it, and a wrong one is played there (_instructions.Firmware).
+        if isinstance(n_insts, bool) or not isinstance(n_insts, int | np.integer) or n_insts < 1:
             raise _rule(
-                f"n_insts={n_insts} ({contract.instr_count_unit})",
-                f"a count within the instruction BO's {instr.size()} bytes",
+                f"n_insts={n_insts!r}",
+                "a positive integer count of the instruction stream",
                 "Pass the length of the instruction stream.",
             )
-
-    def _n_words(self, n_insts: Any) -> int:
-        if self._contract.instr_count_unit == "words":
-            return int(n_insts)
-        return int(n_insts) // 4
 
     def _launch(self, target: run) -> Launch:
         """Check a run's arguments, decode its instructions and claim its buffers."""
@@ -196,12 +189,11 @@ class kernel:
         if not target._checked:
             self._check_args(args)
             target._checked, target._plan = True, None
-        n_insts = args[2]
-        n_words = self._n_words(n_insts)
-        stream = self._decode(args[1], n_words, int(n_insts))
+        n_insts = int(args[2])
+        stream = self._decode(args[1], n_insts)
         plan = target._plan
         if plan is None or plan[0] is not stream:
-            plan = target._plan = self._plan(args, stream, n_words)
+            plan = target._plan = self._plan(args, stream)
         _, views, uses = plan
         index, fault = state.faults.number_run()
         watch = state.detect_mapped_writes
@@ -232,7 +224,7 @@ class kernel:
         )
 
     def _plan(
-        self, args: list[Any], stream: InstructionStream | None, n_words: int
+        self, args: list[Any], stream: InstructionStream | None
     ) -> tuple[InstructionStream | None, dict[str, Any], list[Use]]:
         """What a run with these (checked) arguments and this stream touches.
 
@@ -264,17 +256,17 @@ class kernel:
             views[name] = storage.device[begin : begin + need]
         instr = args[1]
         begin = instr._offset
-        uses.append(Use(instr._storage, begin, begin + 4 * n_words, False, -1))
+        uses.append(Use(instr._storage, begin, begin + min(4 * WORDS, instr._size), False, -1))
         return stream, views, uses
 
-    def _decode(self, instr: bo, n_words: int, n_insts: int) -> InstructionStream | None:
+    def _decode(self, instr: bo, n_insts: int) -> InstructionStream | None:
         """The stream in the instruction BO's device copy, or None if the firmware would fail it.
 
         Cached per instruction BO range while its device copy is unchanged.
         """
         storage = instr._storage
         version = storage.device_version  # read before the bytes: a racing sync invalidates
-        key = (instr._offset, n_words, n_insts)
+        key = (instr._offset, instr._size, n_insts)
         cache = self._streams.get(storage)
         if cache is not None:
             hit = cache.get(key)
@@ -282,29 +274,22 @@ class kernel:
                 return hit[1]
         else:
             cache = self._streams[storage] = {}
-        stream = self._decode_words(storage, instr._offset, n_words, n_insts)
+        stream = self._decode_words(storage, instr._offset, instr._size, n_insts)
         if len(cache) >= 64:
             cache.clear()
         cache[key] = (version, stream)
         return stream
 
     def _decode_words(
-        self, storage: Storage, offset: int, n_words: int, n_insts: int
+        self, storage: Storage, offset: int, size: int, n_insts: int
     ) -> InstructionStream | None:
         contract, state = self._contract, self._ctx._state
-        words = storage.device[offset : offset + 4 * n_words].view("<u4")
-        try:
-            stream = decode(words)
-        except MalformedInstructions:
-            return None
-        if not self._is_legal(stream.block, stream.generation):
-            return None
-        matches = (
-            stream.semantic == contract.semantic
-            and stream.layout == contract.layout
-            and stream.generation == state.generation
-            and n_insts == self._stream_count
+        stream = state.firmware.read(
+            storage.device[offset : offset + size], n_insts, state.generation
         )
+        if stream is None or not self._is_legal(stream.block, stream.generation):
+            return None
+        matches = stream.semantic == contract.semantic and stream.layout == contract.layout
         return stream if matches else None
 
     def _is_legal(self, block: tuple[int, int, int], generation: str) -> bool:

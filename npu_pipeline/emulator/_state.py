@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from npu_pipeline.emulator._faults import Fault, FaultPlan
+from npu_pipeline.emulator._instructions import Firmware
 from npu_pipeline.errors import DeviceError, explain
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class DeviceState:
         name: the device name ``get_info(name)`` reports (the driver's vbnv string).
         hold_gil: blocking calls hold the GIL as pyxrt's do (see ``_gil``).
         memlock_bytes: the emulated RLIMIT_MEMLOCK, bytes (None: unlimited).
+        firmware: how runs read their instructions (count unit, zeros).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class DeviceState:
         hold_gil: bool = False,
         memlock_bytes: int | None = None,
         reset_leaves_new: bool = False,
+        firmware: Firmware,
     ) -> None:
         if generation not in DEVICE_NAMES:
             raise DeviceError(
@@ -113,6 +116,7 @@ class DeviceState:
         self.name = DEVICE_NAMES[generation] if name is None else name
         self.hold_gil = hold_gil
         self.memlock_bytes = memlock_bytes
+        self.firmware = firmware
         self.lost = False
         self._lock = threading.Lock()
         self._queues: weakref.WeakSet[CommandQueue] = weakref.WeakSet()
