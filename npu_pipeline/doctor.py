@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -31,11 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from npu_pipeline import emulator
+from npu_pipeline import emulator, insts
 from npu_pipeline.benchmarks import random_operands, shape_name
 from npu_pipeline.contract import KernelContract, load_contract
-from npu_pipeline.device import memlock
-from npu_pipeline.errors import NpuPipelineError
+from npu_pipeline.device import known_answer, memlock
+from npu_pipeline.device.builds import KernelBuild
+from npu_pipeline.errors import DeviceError, NpuPipelineError
 
 #: Finding statuses, best first. ``not checked`` never counts as a pass or a failure.
 STATUSES = ("ok", "warn", "fail", "not checked")
@@ -57,8 +58,8 @@ WATCHDOG_PARAMETERS = (
 EMULATED_FAILURES: dict[str, str | None] = {
     "no-device": None,
     "low-memlock": None,
-    "wrong-insts-unit": "the emulator cannot play a wrong instruction-count unit yet",
-    "zeros-returned": "the emulator cannot play runs that return zeros yet",
+    "wrong-insts-unit": None,
+    "zeros-returned": None,
 }
 
 #: The locked-memory limit ``--emulate low-memlock`` plays, bytes: below the
@@ -75,8 +76,11 @@ def playing(failure: str | None) -> Iterator[dict[str, Any]]:
         host = {"devices": 0}
     elif failure == "low-memlock":
         host = {"memlock_bytes": LOW_MEMLOCK_BYTES}
+    # The emulated firmware reads n_insts in bytes where the contract says words,
+    # or returns zeros whatever it is given.
+    options = {"wrong-insts-unit": {"insts_unit": "bytes"}, "zeros-returned": {"zeros": True}}
     with emulator.emulated_host(**host):
-        yield {}
+        yield dict(options.get(failure or "", {}))
 
 
 #: Shape of the small verified matmul: odd sizes, so padding is exercised.
@@ -359,9 +363,11 @@ def check_watchdog(
 
 
 def build_dir(contract: KernelContract, generation: str) -> Path:
-    """The folder where ``contract``'s build files for ``generation`` are looked for."""
-    del generation  # one folder for every generation until the build layout says otherwise
-    return Path(contract.source).parent
+    """The folder where ``contract``'s build files for ``generation`` are looked for
+    (``$NPU_PIPELINE_BUILD_DIR``, else the contract's layout: docs/device.md#kernel-builds)."""
+    folder = KernelBuild.locate(contract, generation, emulated=False).folder
+    assert folder is not None  # only the emulator's build has none
+    return folder
 
 
 def find_builds(contract: KernelContract, generation: str) -> dict[tuple[int, int, int], Path]:
@@ -396,11 +402,14 @@ def check_builds(
     if not blocks:
         return Finding("builds", "fail", f"no {contract.instr_file} in {folder}", build_fix, data)
     problems = []
-    for block in blocks:
+    for block, path in blocks.items():
         try:
             contract.check_block(block, generation)
         except NpuPipelineError as error:
             problems.append(f"{shape_name(block)}: {error}")
+        header = insts.header_problem(path.read_bytes(), generation)
+        if header:
+            problems.append(f"{path.name}: {header}")
     args = None
     if module is not None:
         try:
@@ -420,69 +429,52 @@ def check_builds(
     return Finding("builds", "ok", seen, "", data)
 
 
-def run_block(npu: Any, block: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Run one ``block_gemm`` block of known operands on the open ``npu``: (result, expected)."""
-    a, b = random_operands(np.random.default_rng(12), *block)
-    m, k, n = block
-    slot = npu.allocate_slot(block)
+def check_known_answer(open_options: dict[str, Any], contract: KernelContract) -> Finding:
+    """The known-answer run every ``NpuDevice.open`` makes (one block of known
+    operands, compared exactly); when it fails, the same with the other
+    instruction-count unit, to say which one this firmware expects
+    (docs/troubleshooting.md#wrong-instruction-count-unit)."""
+    from npu_pipeline.device import NpuDevice
+
     try:
-        slot.view("a", np.int8)[: m * k] = a.ravel()
-        slot.view("b", np.int8)[: k * n] = b.ravel()
-        slot.view("c", np.int32)[: m * n] = -1  # so that an untouched output shows
-        npu.wait(npu.start(slot, block))
-        got = slot.view("c", np.int32)[: m * n].reshape(m, n).astype(np.int64)
-    finally:
-        npu.free_slot(slot)
-    return got, a.astype(np.int64) @ b.astype(np.int64)
-
-
-def check_known_answer(
-    open_device: Callable[[KernelContract], Any], contract: KernelContract
-) -> Finding:
-    """One block of known operands on the device, compared exactly; on a wrong answer,
-    the run again with the other instruction-count unit, to say which one this
-    firmware expects (docs/troubleshooting.md#wrong-instruction-count-unit)."""
-    if contract.semantic != "block_gemm" or contract.layout != "row_major":
-        return not_checked("known answer", f"written for row-major block_gemm, not {contract.name}")
-
-    def attempt(c: KernelContract) -> tuple[str, str]:
-        try:
-            with open_device(c) as npu:
-                block = c.target(npu.info.generation).block_granularity
-                got, expected = run_block(npu, block)
-        except NpuPipelineError as error:
-            return "error", f"{type(error).__name__}: {error}"
-        if np.array_equal(got, expected):
-            return "exact", f"block {shape_name(block)} exact"
-        if not got.any():
-            return "zeros", f"block {shape_name(block)} returned all zeros"
-        return (
-            "wrong",
-            f"block {shape_name(block)}: {int((got != expected).sum())} wrong elements",
-        )
-
-    outcome, seen = attempt(contract)
-    if outcome == "exact":
-        return Finding("known answer", "ok", seen, "", {"count_unit": contract.instr_count_unit})
-    other = "bytes" if contract.instr_count_unit == "words" else "words"
-    retry, retry_seen = attempt(dataclasses.replace(contract, instr_count_unit=other))
-    data = {"count_unit": contract.instr_count_unit, "other_unit": other, "other_outcome": retry}
-    if retry == "exact":
+        with NpuDevice.open(contract, **open_options) as npu:
+            block = known_answer.block_of(contract, npu.info.generation)
+    except DeviceError as error:
+        other = known_answer.try_other_count_unit(contract, **open_options)
+        seen = f"{error}".split(";")[0]
+        data = {"count_unit": contract.instr_count_unit, "other_unit_exact": other}
+        if other is not None:
+            return Finding(
+                "known answer",
+                "fail",
+                f"{seen} with the instruction count in {contract.instr_count_unit}; "
+                f"exact in {other}",
+                f'Set "count_unit": "{other}" under "instructions" in {contract.source} '
+                "(docs/troubleshooting.md#wrong-instruction-count-unit).",
+                data,
+            )
         return Finding(
             "known answer",
             "fail",
-            f"{seen} with the instruction count in {contract.instr_count_unit}; exact in {other}",
-            f'Set "count_unit": "{other}" under "instructions" in {contract.source} '
-            "(docs/troubleshooting.md#wrong-instruction-count-unit).",
+            f"{seen}; in the other unit too",
+            "Rebuild the xclbin and the instruction files from one design "
+            "(docs/troubleshooting.md#zeros-returned).",
             data,
         )
-    fix = (
-        "The instruction stream does not match the xclbin: rebuild both from the same "
-        "design (docs/troubleshooting.md#zeros-returned)."
-        if outcome == "zeros"
-        else "See docs/troubleshooting.md#zeros-returned."
+    except NpuPipelineError as error:
+        return Finding(
+            "known answer",
+            "fail",
+            f"the device did not open: {type(error).__name__}: {error}",
+            "See the builds line (docs/hardware.md#building-the-kernels).",
+        )
+    return Finding(
+        "known answer",
+        "ok",
+        f"block {shape_name(block)} exact (the run every open makes)",
+        "",
+        {"count_unit": contract.instr_count_unit},
     )
-    return Finding("known answer", "fail", f"{seen}; in {other} too: {retry_seen}", fix, data)
 
 
 async def _verified_matmul(shape: tuple[int, int, int], **options: Any) -> tuple[bool, str]:
@@ -604,7 +596,6 @@ def _device_checks(
     device: str, contract: KernelContract, no_pyxrt: bool, options: dict[str, Any]
 ) -> list[Finding]:
     """The checks after ``pyxrt``'s: the device nodes, the device, its limits, builds, runs."""
-    from npu_pipeline.device import NpuDevice
     from npu_pipeline.profile_lookup import get_profile
 
     emulated = device == "emulator" or (device == "auto" and no_pyxrt)
@@ -623,9 +614,7 @@ def _device_checks(
         findings.append(not_checked("matmul", "no device was opened"))
         return findings
     backend = "emulator" if emulated else "xrt"
-    findings.append(
-        check_known_answer(lambda c: NpuDevice.open(c, device=backend, **options), contract)
-    )
+    findings.append(check_known_answer({"device": backend, **options}, contract))
     findings.append(
         check_matmul(
             {"device": backend, "kernel": contract, "device_options": options, "host_path": False}
