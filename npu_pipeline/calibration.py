@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from npu_pipeline.benchmarks import median_seconds
+from npu_pipeline.benchmarks import median_seconds, stream_runs
 from npu_pipeline.contract import KernelContract
 from npu_pipeline.profiles import CPU, DeviceProfile
 
@@ -264,16 +264,10 @@ def _emulator_dispatch_seconds(contract: KernelContract, exact_ops_per_s: float)
             lambda: device.wait(device.start(slots[0], block)), repeat=3 * _REPEAT
         )
 
-        def stream() -> None:
-            # Two slots in flight: each run is submitted while the other executes.
-            pending = device.start(slots[0], block)
-            for turn in range(1, _STREAM_RUNS):
-                following = device.start(slots[turn % 2], block)
-                device.wait(pending)
-                pending = following
-            device.wait(pending)
-
-        per_run = median_seconds(stream, repeat=5) / _STREAM_RUNS
+        per_run = (
+            median_seconds(lambda: stream_runs(device, slots, block, _STREAM_RUNS), repeat=5)
+            / _STREAM_RUNS
+        )
     # Never below the cost of two thread hand-offs (a lone run) or of one
     # (queued): a quiet machine must not make the planner believe runs are free.
     return {

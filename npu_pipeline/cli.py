@@ -265,6 +265,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return anyio.run(_demo, args, npu1_plan, backend=args.backend)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from npu_pipeline.doctor import diagnose
+
+    report = diagnose(device=args.device, emulate=args.emulate, kernel=args.kernel)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
+    return report.exit_code
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from npu_pipeline.validate import run
+
+    report = run(device=args.device, quick=args.quick, kernel=args.kernel)
+    print(report.format())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"report written to {args.json}")
+    if args.profile_out:
+        Path(args.profile_out).write_text(report.profile_text())
+        print(f"calibrated profile written to {args.profile_out}")
+    return report.exit_code
+
+
 def _check_before_work(args: argparse.Namespace) -> None:
     """Refuse, before any work runs, the arguments that would only fail after it.
 
@@ -277,10 +299,10 @@ def _check_before_work(args: argparse.Namespace) -> None:
     from npu_pipeline.errors import UsageError, explain
     from npu_pipeline.profile_lookup import get_profile
 
-    for option in ("json", "trace", "plot"):
+    for option in ("json", "trace", "plot", "profile_out"):
         path = getattr(args, option, None)
         if isinstance(path, str):  # plan's --json is a flag: it prints to stdout
-            _check_writable(f"--{option}", Path(path))
+            _check_writable(f"--{option.replace('_', '-')}", Path(path))
     if getattr(args, "plot", None):
         try:
             import matplotlib  # noqa: F401
@@ -383,6 +405,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_shape(run)
     _add_run_options(run)
     run.set_defaults(func=_cmd_run)
+
+    from npu_pipeline.doctor import EMULATED_FAILURES
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check XRT, the device, memlock, builds and a verified run; exit 1 on a failure",
+    )
+    doctor.add_argument("--device", default="auto", choices=("auto", "emulator", "xrt"))
+    doctor.add_argument("--kernel", default="gemm_i8_i32", help="kernel contract name or path")
+    doctor.add_argument(
+        "--emulate",
+        default=None,
+        choices=tuple(EMULATED_FAILURES),
+        help="the emulator plays this failure",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the findings as JSON")
+    doctor.set_defaults(func=_cmd_doctor)
+
+    validate = sub.add_parser(
+        "validate", help="acceptance run: exactness grid, dispatch, stage rates; report and profile"
+    )
+    validate.add_argument("--device", default="auto", choices=("auto", "emulator", "xrt"))
+    validate.add_argument("--kernel", default="gemm_i8_i32", help="kernel contract name or path")
+    validate.add_argument("--quick", action="store_true", help="a smaller grid and fewer runs")
+    validate.add_argument("--json", default=None, help="write the report (attach it to a bug)")
+    validate.add_argument(
+        "--profile-out", default=None, help="write the calibrated device profile (JSON) here"
+    )
+    validate.set_defaults(func=_cmd_validate)
 
     demo = sub.add_parser(
         "demo", help="plan and run a Whisper-base FC1 matmul (1500x512 @ 512x2048), verified"

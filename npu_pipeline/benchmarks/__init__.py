@@ -13,6 +13,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +110,17 @@ def median_seconds(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+def stream_runs(device: Any, slots: list[Any], block: tuple[int, int, int], runs: int) -> None:
+    """``runs`` runs of ``block`` on an open ``NpuDevice``, kept in flight back to back:
+    each is started on the other of the two ``slots`` before the one before it is waited for."""
+    pending = device.start(slots[0], block)
+    for turn in range(1, runs):
+        following = device.start(slots[turn % 2], block)
+        device.wait(pending)
+        pending = following
+    device.wait(pending)
 
 
 def random_operands(
