@@ -41,7 +41,7 @@ from numba import float32, int8, int32, int64, njit, void
 
 from npu_pipeline.errors import ShapeError, explain
 from npu_pipeline.quant import QMAX, quantize_symmetric
-from npu_pipeline.whisper.ct2_model import Conv1d, EncoderWeights, LayerNorm, Linear, WhisperDims
+from npu_pipeline.whisper.ct2_model import Conv1d, EncoderWeights, LayerNorm, WhisperDims
 from npu_pipeline.whisper.float_encoder import LAYER_NORM_EPS, layer_norm
 
 _F32 = np.float32
@@ -245,7 +245,9 @@ def split_qkv_quantize(
             v_scale[h, j] = s
             inverse = 1.0 / s
             for i in range(frames):
-                v[h, i, j] = np.int8(min(QMAX, max(-QMAX, np.rint(values[i, h * dh + j] * inverse))))
+                v[h, i, j] = np.int8(
+                    min(QMAX, max(-QMAX, np.rint(values[i, h * dh + j] * inverse)))
+                )
 
 
 @njit(
@@ -329,7 +331,7 @@ class Int8Linear:
 
 
 def _writable(array: np.ndarray) -> np.ndarray:
-    """A float32 C-order copy: numba's eager signatures take writable arrays, the model's are not."""
+    """A float32 C-order copy: the kernels' signatures take writable arrays, the model's are not."""
     return np.array(array, dtype=_F32, order="C")
 
 
@@ -340,7 +342,9 @@ def _norm(norm: LayerNorm) -> LayerNorm:
 def _conv_linear(conv: Conv1d) -> Int8Linear:
     """A kernel-3 convolution as the linear layer its im2col rows multiply."""
     # weight [out, in, tap] -> [out, tap, in]: the order im2col_quantize lays taps out in.
-    return Int8Linear.quantize(conv.weight.transpose(0, 2, 1).reshape(conv.weight.shape[0], -1), conv.bias)
+    return Int8Linear.quantize(
+        conv.weight.transpose(0, 2, 1).reshape(conv.weight.shape[0], -1), conv.bias
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -449,7 +453,7 @@ class Int8Encoder:
         return await self._pipe.matmul(q, layer.values)
 
     async def _conv(self, x: np.ndarray, layer: Int8Linear, stride: int) -> np.ndarray:
-        """GELU(conv(x)) for x [time, c]: im2col and quantise on the host, the GEMM on the device."""
+        """GELU(conv(x)) for x [time, c]: im2col + quantise on the host, the GEMM on the device."""
         q, s = _rows((len(x) - 1) // stride + 1, layer.values.shape[0])
         await anyio.to_thread.run_sync(im2col_quantize, x, stride, q, s)
         c = await self._gemm(q, layer)
@@ -471,7 +475,9 @@ class Int8Encoder:
         await run(layer_norm_quantize, x, layer.attn_norm.gamma, layer.attn_norm.beta, q, s)
         attention = await self._attention(await self._gemm(q, layer.qkv), s, layer.qkv)
         await run(quantize_rows, attention, np.ones(d, _F32), q, s)
-        await run(dequantize_add, await self._gemm(q, layer.out), s, layer.out.scale, layer.out.bias, x)
+        await run(
+            dequantize_add, await self._gemm(q, layer.out), s, layer.out.scale, layer.out.bias, x
+        )
         await run(layer_norm_quantize, x, layer.ffn_norm.gamma, layer.ffn_norm.beta, q, s)
         c = await self._gemm(q, layer.fc1)
         hidden, hidden_scale = _rows(n, self.dims.n_ffn)
@@ -488,21 +494,41 @@ class Int8Encoder:
         c = await self._gemm(hidden, layer.fc2)
         await run(dequantize_add, c, hidden_scale, layer.fc2.scale, layer.fc2.bias, x)
 
-    async def _attention(self, qkv: np.ndarray, a_scale: np.ndarray, layer: Int8Linear) -> np.ndarray:
+    async def _attention(
+        self, qkv: np.ndarray, a_scale: np.ndarray, layer: Int8Linear
+    ) -> np.ndarray:
         """Every head's softmax(Q Kᵀ) V from the fused int32 QKV product: float32 [frames, d]."""
         heads, dh = self.dims.n_heads, self.dims.head_dim
         n = qkv.shape[0]
-        q, kt, v = (np.empty(shape, np.int8) for shape in ((heads, n, dh), (heads, dh, n), (heads, n, dh)))
-        q_scale, k_scale, v_scale = np.empty((heads, n), _F32), np.empty((heads, n), _F32), np.empty((heads, dh), _F32)
+        q, kt, v = (
+            np.empty(shape, np.int8) for shape in ((heads, n, dh), (heads, dh, n), (heads, n, dh))
+        )
+        q_scale, k_scale, v_scale = (
+            np.empty((heads, n), _F32),
+            np.empty((heads, n), _F32),
+            np.empty((heads, dh), _F32),
+        )
         await anyio.to_thread.run_sync(
-            split_qkv_quantize, qkv, a_scale, layer.scale, layer.bias, q, q_scale, kt, k_scale, v, v_scale
+            split_qkv_quantize,
+            qkv,
+            a_scale,
+            layer.scale,
+            layer.bias,
+            q,
+            q_scale,
+            kt,
+            k_scale,
+            v,
+            v_scale,
         )
         out = np.empty((n, heads * dh), _F32)
 
         async def head(h: int) -> None:
             scores = await self._pipe.matmul(q[h], kt[h])
             p, p_scale = _rows(n, n)
-            await anyio.to_thread.run_sync(softmax_quantize, scores, q_scale[h], k_scale[h], p, p_scale)
+            await anyio.to_thread.run_sync(
+                softmax_quantize, scores, q_scale[h], k_scale[h], p, p_scale
+            )
             c = await self._pipe.matmul(p, v[h])
             await anyio.to_thread.run_sync(dequantize_head, c, p_scale, v_scale[h], out, h * dh)
 
@@ -521,3 +547,24 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def layer_cosines(ours: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> tuple[float, ...]:
     """Cosine of each of our encoder states against the reference's, stem first."""
     return tuple(cosine(a, b) for a, b in zip(ours, reference, strict=True))
+
+
+def encoder_gemms(dims: WhisperDims) -> tuple[tuple[str, int, int, int], ...]:
+    """(name, M, K, N) of every int8 matmul :class:`Int8Encoder` sends per window, in order.
+
+    The heads' two matmuls repeat once per head and layer; for tiny.en that is
+    2 + 4 * (4 + 2 * 6) = 66 matmuls.
+    """
+    frames, d, dh = dims.n_frames, dims.d_model, dims.head_dim
+    gemms = [("conv1", 2 * frames, 3 * dims.n_mels, d), ("conv2", frames, 3 * d, d)]
+    for index in range(dims.n_layers):
+        gemms.append((f"layer {index} qkv", frames, d, 3 * d))
+        for head in range(dims.n_heads):
+            gemms.append((f"layer {index} head {head} q k^T", frames, dh, frames))
+            gemms.append((f"layer {index} head {head} p v", frames, frames, dh))
+        gemms += [
+            (f"layer {index} out", frames, d, d),
+            (f"layer {index} fc1", frames, d, dims.n_ffn),
+            (f"layer {index} fc2", frames, dims.n_ffn, d),
+        ]
+    return tuple(gemms)
