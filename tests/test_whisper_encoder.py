@@ -71,7 +71,7 @@ def test_im2col_quantize_builds_the_convolution_rows():
         within_half_step(expected, q, s)
 
 
-def test_softmax_quantize_gives_rows_that_sum_to_one():
+def test_softmax_quantize_uses_every_int8_code_and_rows_sum_to_one():
     rng = np.random.default_rng(3)
     scores = rng.integers(-20000, 20000, (40, 300), dtype=np.int32)
     q_scale = rng.uniform(1e-4, 5e-4, 40).astype(np.float32)
@@ -80,15 +80,26 @@ def test_softmax_quantize_gives_rows_that_sum_to_one():
     ie.softmax_quantize(scores, q_scale, k_scale, p, p_scale)
     logits = scores * q_scale.astype(np.float64)[:, None] * k_scale
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # in (0, 1], 1 at each max
-    levels = np.rint(127 * shifted)
-    # float32 arithmetic in the kernel: a level may differ by one where 127 * e sits on a tie.
-    differ = np.abs(p - levels)
+    levels = p.astype(np.int64) + ie.P_OFFSET
+    assert p.min() == -128 and np.array_equal(levels.max(axis=1), np.full(40, 255))
+    # float32 arithmetic in the kernel: a level may differ by one where 255 * e sits on a tie.
+    differ = np.abs(levels - np.rint(255 * shifted))
     assert differ.max() <= 1 and (differ > 0).mean() < 1e-3
-    np.testing.assert_allclose(p_scale, 1 / p.sum(axis=1, dtype=np.int64), rtol=1e-6)
-    probabilities = dequantized(p, p_scale)
+    np.testing.assert_allclose(p_scale, 1 / levels.sum(axis=1), rtol=1e-6)
+    probabilities = dequantized(levels, p_scale)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
     softmax = shifted / shifted.sum(axis=1, keepdims=True)
-    assert np.abs(probabilities - softmax).sum(axis=1).max() < 0.1
+    assert np.abs(probabilities - softmax).sum(axis=1).max() < 0.05
+
+    # The P V matmul takes the stored codes; dequantize_head adds the offset back exactly.
+    v = rng.integers(-127, 128, (300, 8), dtype=np.int8)
+    v_scale = rng.uniform(0.01, 0.02, 8).astype(np.float32)
+    c = (p.astype(np.int64) @ v.astype(np.int64)).astype(np.int32)
+    out = np.zeros((40, 11), np.float32)
+    ie.dequantize_head(c, p_scale, v, v_scale, out, 3)
+    expected = (levels @ v.astype(np.int64)) * p_scale.astype(np.float64)[:, None] * v_scale
+    np.testing.assert_allclose(out[:, 3:], expected, rtol=1e-5)
+    assert not out[:, :3].any()
 
 
 def test_split_qkv_quantize_gives_each_head_its_operands():

@@ -20,9 +20,11 @@ Quantisation, all symmetric int8 in [-127, 127]:
 - weights once at load, one scale per output channel;
 - activations per row (per frame), computed as each one is produced;
 - Q and K per frame and per head, V per channel of each head;
-- softmax probabilities per query row: exp(score - row max) in [0, 1] times
-  127, so the row's largest probability is 127 and its scale is 1 / (the sum of
-  the quantised row): the int8 probabilities sum to exactly 1.
+- softmax probabilities per query row, unsigned: exp(score - row max) in
+  [0, 1] times 255, stored minus 128 so that all 256 int8 codes are used (the
+  P V product adds 128 times V's column sums back, in integers); the row's
+  scale is 1 / (its sum of levels), so each row sums to exactly 1. Measured on
+  tiny.en, 127 signed levels were the largest error of the encoder.
 
 The heads of a layer run concurrently in one task group, so the host work of
 one head (its softmax) overlaps the device work of another.
@@ -45,6 +47,12 @@ from npu_pipeline.whisper.ct2_model import Conv1d, EncoderWeights, LayerNorm, Wh
 from npu_pipeline.whisper.float_encoder import LAYER_NORM_EPS, layer_norm
 
 _F32 = np.float32
+
+P_LEVELS = 255
+"""Softmax probabilities are quantised to levels 0..255 of the row's maximum (unsigned 8 bits)."""
+
+P_OFFSET = 128
+"""Level - P_OFFSET is the stored int8 (-128..127); the P V matmul adds it back exactly."""
 _SQRT_HALF = 0.7071067811865476
 
 # -- host kernels: numba, one pass each, compiled ahead (eager signatures, cached) ----------
@@ -265,8 +273,10 @@ def softmax_quantize(
     """Int32 Q Kᵀ scores to int8 softmax probabilities, one pass per row.
 
     Score (i, j) is ``scores[i, j] * q_scale[i] * k_scale[j]`` (1/sqrt(dh) is in
-    Q's weights). Each row's probabilities are quantised with its maximum at
-    127, and ``p_scale[i]`` is 1 / (the row's int8 sum), so the row sums to 1.
+    Q's weights). Probabilities are never negative, so they use all 256 int8
+    codes: level ``L = rint(255 * exp(score - row max))`` in [0, 255], stored
+    as ``L - 128`` (see :data:`P_OFFSET`). ``p_scale[i]`` is 1 / (the row's sum
+    of levels), so each row of levels times its scale sums to exactly 1.
     """
     frames = scores.shape[1]
     for i in range(scores.shape[0]):
@@ -276,24 +286,37 @@ def softmax_quantize(
         s = q_scale[i]
         total = 0
         for j in range(frames):
-            level = np.rint(QMAX * math.exp((scores[i, j] * k_scale[j] - peak) * s))
-            p[i, j] = np.int8(level)
-            total += np.int64(level)
+            level = np.int64(np.rint(P_LEVELS * math.exp((scores[i, j] * k_scale[j] - peak) * s)))
+            p[i, j] = np.int8(level - P_OFFSET)
+            total += level
         p_scale[i] = np.float32(1.0 / total)
 
 
 @njit(
-    void(int32[:, ::1], float32[::1], float32[::1], float32[:, ::1], int64),
+    void(int32[:, ::1], float32[::1], int8[:, ::1], float32[::1], float32[:, ::1], int64),
     cache=True,
     nogil=True,
 )
 def dequantize_head(
-    c: np.ndarray, p_scale: np.ndarray, v_scale: np.ndarray, out: np.ndarray, column: int
+    c: np.ndarray,
+    p_scale: np.ndarray,
+    v: np.ndarray,
+    v_scale: np.ndarray,
+    out: np.ndarray,
+    column: int,
 ) -> None:
-    """One head's int32 P V product, dequantised into columns ``column``.. of ``out``."""
+    """One head's int32 (P - 128) V product, dequantised into columns ``column``.. of ``out``.
+
+    The offset comes back exactly in integers: P V = (P - 128) V + 128 * (V's column sums).
+    """
+    offset = np.zeros(v.shape[1], np.int64)
+    for i in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            offset[j] += v[i, j]
     for i in range(c.shape[0]):
         for j in range(c.shape[1]):
-            out[i, column + j] = c[i, j] * p_scale[i] * v_scale[j]
+            exact = np.int64(c[i, j]) + P_OFFSET * offset[j]
+            out[i, column + j] = exact * p_scale[i] * v_scale[j]
 
 
 @njit(void(float32[:, ::1], float32[::1], int8[:, ::1], float32[::1]), cache=True, nogil=True)
@@ -530,7 +553,9 @@ class Int8Encoder:
                 softmax_quantize, scores, q_scale[h], k_scale[h], p, p_scale
             )
             c = await self._pipe.matmul(p, v[h])
-            await anyio.to_thread.run_sync(dequantize_head, c, p_scale, v_scale[h], out, h * dh)
+            await anyio.to_thread.run_sync(
+                dequantize_head, c, p_scale, v[h], v_scale[h], out, h * dh
+            )
 
         async with anyio.create_task_group() as group:
             for h in range(heads):
