@@ -44,12 +44,13 @@ def default_model_dir() -> Path:
 
 
 def modelled_encoder_s(dims: WhisperDims, profile: str) -> float:
-    """MODELLED device seconds of the encoder's GEMMs on ``profile``, one after another.
+    """MODELLED seconds of the encoder's GEMMs on ``profile``, one after another.
 
     The sum of :func:`~npu_pipeline.plan_batches`'s ``estimate.wall_s`` over
-    :func:`~npu_pipeline.whisper.int8_encoder.encoder_gemms`. Host work (layer
-    norm, softmax, GELU, quantisation) is not included, nor the overlap of
-    concurrent heads.
+    :func:`~npu_pipeline.whisper.int8_encoder.encoder_gemms`: each plan's
+    pack, execute and accumulate stages as the profile models them. The
+    encoder's own host work (layer norm, softmax, GELU, quantisation) is not
+    included, nor the overlap of concurrent heads.
     """
     from npu_pipeline.planner import plan_batches
 
@@ -74,8 +75,8 @@ class Transcription:
         encoder_s: measured wall seconds of one encoder call, host work included.
         execute_s: measured seconds the device's execute stage was busy in it.
         matmuls: int8 matmuls the encoder sent.
-        modelled_s: profile name -> MODELLED device seconds of the same GEMMs
-            (:func:`modelled_encoder_s`), host work not included.
+        modelled_s: profile name -> MODELLED seconds of the same GEMMs
+            (:func:`modelled_encoder_s`), the encoder's host work not included.
         reference_text: with ``check``, CTranslate2's own float32 transcript
             (its encoder and decoder, from the same mel); else ``None``.
         reference_cosine: with ``check``, our encoder output's cosine with
@@ -112,8 +113,9 @@ class Transcription:
         ]
         for profile, seconds in self.modelled_s.items():
             lines.append(
-                f"encoder GEMMs on {profile}: {seconds * 1e3:.1f} ms MODELLED "
-                "(device only, one after another; host work not included)"
+                f"encoder GEMMs on {profile}: {seconds * 1e3:.1f} ms MODELLED (the plans' "
+                "pack + execute + accumulate, one GEMM after another; the encoder's host work "
+                "not included)"
             )
         if self.reference_text is not None:
             verdict = "yes" if self.matches else "NO"
