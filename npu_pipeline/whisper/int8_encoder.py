@@ -90,6 +90,14 @@ def _dequantize_row(
         row[j] = c[i, j] * s * w_scale[j] + bias[j]
 
 
+@njit(void(float32[::1]), cache=True, nogil=True)
+def _gelu_row(row: np.ndarray) -> None:
+    """GELU with the exact erf (Whisper's ``nn.GELU``), in place."""
+    for j in range(row.size):
+        v = row[j]
+        row[j] = 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
+
+
 @njit(
     void(float32[:, ::1], float32[::1], float32[::1], int8[:, ::1], float32[::1]),
     cache=True,
@@ -144,21 +152,11 @@ def dequantize_gelu(
     """``out = gelu(c * a_scale * w_scale + bias)``, the exact erf GELU (Whisper's)."""
     for i in range(c.shape[0]):
         _dequantize_row(c, i, a_scale, w_scale, bias, out[i])
-        for j in range(out.shape[1]):
-            v = out[i, j]
-            out[i, j] = 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
+        _gelu_row(out[i])
 
 
 @njit(
-    void(
-        int32[:, ::1],
-        float32[::1],
-        float32[::1],
-        float32[::1],
-        float32[::1],
-        int8[:, ::1],
-        float32[::1],
-    ),
+    void(int32[:, ::1], float32[::1], float32[::1], float32[::1], int8[:, ::1], float32[::1]),
     cache=True,
     nogil=True,
 )
@@ -167,17 +165,14 @@ def dequantize_gelu_quantize(
     a_scale: np.ndarray,
     w_scale: np.ndarray,
     bias: np.ndarray,
-    smooth: np.ndarray,
     q: np.ndarray,
     scale: np.ndarray,
 ) -> None:
-    """FC1's int32 product to FC2's int8 input: dequantise, bias, GELU, times ``smooth``, int8."""
+    """FC1's int32 product to FC2's int8 input: dequantise, bias, GELU, per-row int8."""
     row = np.empty(c.shape[1], np.float32)
     for i in range(c.shape[0]):
         _dequantize_row(c, i, a_scale, w_scale, bias, row)
-        for j in range(row.size):
-            v = row[j]
-            row[j] = 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF)) * smooth[j]
+        _gelu_row(row)
         scale[i] = _quantize_row(row, q[i])
 
 
@@ -319,14 +314,11 @@ def dequantize_head(
             out[i, column + j] = exact * p_scale[i] * v_scale[j]
 
 
-@njit(void(float32[:, ::1], float32[::1], int8[:, ::1], float32[::1]), cache=True, nogil=True)
-def quantize_rows(x: np.ndarray, smooth: np.ndarray, q: np.ndarray, scale: np.ndarray) -> None:
-    """``x * smooth`` (one factor per column) to int8, one scale per row."""
-    row = np.empty(x.shape[1], np.float32)
+@njit(void(float32[:, ::1], int8[:, ::1], float32[::1]), cache=True, nogil=True)
+def quantize_rows(x: np.ndarray, q: np.ndarray, scale: np.ndarray) -> None:
+    """``x`` to int8, one scale per row."""
     for i in range(x.shape[0]):
-        for j in range(row.size):
-            row[j] = x[i, j] * smooth[j]
-        scale[i] = _quantize_row(row, q[i])
+        scale[i] = _quantize_row(x[i], q[i])
 
 
 # -- weights, quantised once ----------------------------------------------------------------
@@ -378,8 +370,6 @@ class Int8Layer:
         attn_norm, ffn_norm: the two layer norms (float32, on the host).
         qkv: the fused projection, Q's rows and bias pre-scaled by 1/sqrt(head_dim).
         out, fc1, fc2: the other projections.
-        fc2_smooth: float32 [n_ffn], the factor FC2's input columns are
-            multiplied by before quantising (FC2's weight rows carry its inverse).
     """
 
     attn_norm: LayerNorm
@@ -388,7 +378,6 @@ class Int8Layer:
     ffn_norm: LayerNorm
     fc1: Int8Linear
     fc2: Int8Linear
-    fc2_smooth: np.ndarray
 
 
 def _layer(layer: Any, dims: WhisperDims) -> Int8Layer:
@@ -396,15 +385,13 @@ def _layer(layer: Any, dims: WhisperDims) -> Int8Layer:
     # 1/sqrt(64) = 1/8 is a power of two: folding it into Q's weights loses nothing.
     fold = np.ones(3 * d, dtype=_F32)
     fold[:d] = 1.0 / math.sqrt(dims.head_dim)
-    smooth = np.ones(dims.n_ffn, dtype=_F32)
     return Int8Layer(
         attn_norm=_norm(layer.attn_norm),
         qkv=Int8Linear.quantize(layer.qkv.weight * fold[:, None], layer.qkv.bias * fold),
         out=Int8Linear.quantize(layer.out.weight, layer.out.bias),
         ffn_norm=_norm(layer.ffn_norm),
         fc1=Int8Linear.quantize(layer.fc1.weight, layer.fc1.bias),
-        fc2=Int8Linear.quantize(layer.fc2.weight / smooth, layer.fc2.bias),
-        fc2_smooth=smooth,
+        fc2=Int8Linear.quantize(layer.fc2.weight, layer.fc2.bias),
     )
 
 
@@ -497,7 +484,7 @@ class Int8Encoder:
         q, s = _rows(n, d)
         await run(layer_norm_quantize, x, layer.attn_norm.gamma, layer.attn_norm.beta, q, s)
         attention = await self._attention(await self._gemm(q, layer.qkv), s, layer.qkv)
-        await run(quantize_rows, attention, np.ones(d, _F32), q, s)
+        await run(quantize_rows, attention, q, s)
         await run(
             dequantize_add, await self._gemm(q, layer.out), s, layer.out.scale, layer.out.bias, x
         )
@@ -510,7 +497,6 @@ class Int8Encoder:
             s,
             layer.fc1.scale,
             layer.fc1.bias,
-            layer.fc2_smooth,
             hidden,
             hidden_scale,
         )
