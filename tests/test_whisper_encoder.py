@@ -282,7 +282,7 @@ def test_transcribe_command_prints_the_words_and_checks_them(tiny, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert word_error_rate(SENTENCES["fox.wav"], lines[0]) <= 0.12  # tiny.en hears "jumped"
-    assert "int8 matmuls" in done.stdout and "emulated" in done.stdout
+    assert "66 int8 matmuls" in done.stdout and "emulated" in done.stdout
     assert "on npu1:" in done.stdout and "on npu2:" in done.stdout
     assert "MODELLED" in done.stdout and "host work not included" in done.stdout
     assert "float32 transcript of the same mel: yes" in done.stdout

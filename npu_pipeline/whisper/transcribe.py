@@ -74,7 +74,10 @@ class Transcription:
             ``"modelled"`` or ``"hardware"`` (:class:`~npu_pipeline.device.DeviceInfo`).
         encoder_s: measured wall seconds of one encoder call, host work included.
         execute_s: measured seconds the device's execute stage was busy in it.
-        matmuls: int8 matmuls the encoder sent.
+        matmuls: int8 matmuls the encoder sent through the pipeline.
+        host_matmuls: how many of them the pipeline computed on its exact host
+            path, because the plan (or the device's backlog) made the host faster
+            (:attr:`Plan.path <npu_pipeline.Plan.path>`).
         modelled_s: profile name -> MODELLED seconds of the same GEMMs
             (:func:`modelled_encoder_s`), the encoder's host work not included.
         reference_text: with ``check``, CTranslate2's own float32 transcript
@@ -89,6 +92,7 @@ class Transcription:
     encoder_s: float
     execute_s: float
     matmuls: int
+    host_matmuls: int
     modelled_s: dict[str, float]
     reference_text: str | None = None
     reference_cosine: float | None = None
@@ -111,6 +115,11 @@ class Transcription:
             f"encoder: {self.encoder_s * 1e3:.0f} ms on {self.device} ({where}), "
             f"{self.matmuls} int8 matmuls, execute stage busy {self.execute_s * 1e3:.0f} ms",
         ]
+        if self.host_matmuls:
+            lines.append(
+                f"  {self.host_matmuls} of the {self.matmuls} ran on the pipeline's exact host "
+                "path: their plans found the host faster than this device"
+            )
         for profile, seconds in self.modelled_s.items():
             lines.append(
                 f"encoder GEMMs on {profile}: {seconds * 1e3:.1f} ms MODELLED (the plans' "
@@ -179,7 +188,8 @@ async def transcribe(
         timing=info.timing,
         encoder_s=encoder_s,
         execute_s=summary.busy_s["execute"],
-        matmuls=summary.requests,
+        matmuls=len(encoder_gemms(model.dims)),
+        host_matmuls=summary.host_requests,
         modelled_s={p: modelled_encoder_s(model.dims, p) for p in MODELLED_PROFILES},
         reference_text=reference_text,
         reference_cosine=reference_cosine,
