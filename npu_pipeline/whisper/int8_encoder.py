@@ -41,10 +41,9 @@ import anyio
 import numpy as np
 from numba import float32, int8, int32, int64, njit, void
 
-from npu_pipeline.errors import ShapeError, explain
 from npu_pipeline.quant import QMAX, quantize_symmetric
 from npu_pipeline.whisper.ct2_model import Conv1d, EncoderWeights, LayerNorm, WhisperDims
-from npu_pipeline.whisper.float_encoder import LAYER_NORM_EPS, layer_norm
+from npu_pipeline.whisper.float_encoder import LAYER_NORM_EPS, check_mel, layer_norm
 
 _F32 = np.float32
 
@@ -88,6 +87,10 @@ def _dequantize_row(
     s = a_scale[i]
     for j in range(row.size):
         row[j] = c[i, j] * s * w_scale[j] + bias[j]
+
+
+# (int32 product, row scales of A, column scales of B, bias, float32 output).
+_DEQUANTIZE_INTO = void(int32[:, ::1], float32[::1], float32[::1], float32[::1], float32[:, ::1])
 
 
 @njit(void(float32[::1]), cache=True, nogil=True)
@@ -141,11 +144,7 @@ def im2col_quantize(x: np.ndarray, stride: int, q: np.ndarray, scale: np.ndarray
         scale[t] = _quantize_row(row, q[t])
 
 
-@njit(
-    void(int32[:, ::1], float32[::1], float32[::1], float32[::1], float32[:, ::1]),
-    cache=True,
-    nogil=True,
-)
+@njit(_DEQUANTIZE_INTO, cache=True, nogil=True)
 def dequantize_gelu(
     c: np.ndarray, a_scale: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, out: np.ndarray
 ) -> None:
@@ -176,11 +175,7 @@ def dequantize_gelu_quantize(
         scale[i] = _quantize_row(row, q[i])
 
 
-@njit(
-    void(int32[:, ::1], float32[::1], float32[::1], float32[::1], float32[:, ::1]),
-    cache=True,
-    nogil=True,
-)
+@njit(_DEQUANTIZE_INTO, cache=True, nogil=True)
 def dequantize_add(
     c: np.ndarray, a_scale: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, x: np.ndarray
 ) -> None:
@@ -399,16 +394,8 @@ def _rows(n: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return np.empty((n, width), np.int8), np.empty(n, _F32)
 
 
-def _check_mel(mel: np.ndarray, dims: WhisperDims) -> np.ndarray:
-    if mel.shape != (dims.n_mels, 2 * dims.n_frames):
-        raise ShapeError(
-            explain(
-                f"the mel spectrogram has shape {mel.shape}",
-                f"({dims.n_mels}, {2 * dims.n_frames}): this model's mel bins by a 30 s window",
-                "Compute it with npu_pipeline.whisper.mel.log_mel_spectrogram"
-                f"(audio, n_mels={dims.n_mels}).",
-            )
-        )
+def _transposed_mel(mel: np.ndarray, dims: WhisperDims) -> np.ndarray:
+    check_mel(mel, dims)
     return np.ascontiguousarray(mel.T, dtype=_F32)
 
 
@@ -451,7 +438,7 @@ class Int8Encoder:
 
         The counterpart of :func:`~npu_pipeline.whisper.float_encoder.encoder_states`.
         """
-        frames = await anyio.to_thread.run_sync(_check_mel, mel, self.dims)
+        frames = await anyio.to_thread.run_sync(_transposed_mel, mel, self.dims)
         x = await self._stem(frames)
         states = [x.copy()]
         for layer in self.layers:
