@@ -184,6 +184,17 @@ def test_small_encoder_tracks_the_float_reference_layer_by_layer(small_run):
     assert ie.cosine(output, float_encoder.encode(mel, weights)) >= 0.99
 
 
+def test_trio_gives_the_same_output(small_run):
+    weights, mel, _, _, output = small_run
+
+    async def run():
+        async with npp.open_pipeline() as pipe:
+            return await (await ie.Int8Encoder.load(pipe, weights))(mel)
+
+    # Integer products and the same host kernels: bit for bit what asyncio gave.
+    assert np.array_equal(anyio.run(run, backend="trio"), output)
+
+
 def test_modelled_encoder_time_sums_the_plans():
     gemms = ie.encoder_gemms(SMALL)
     expected = sum(
