@@ -28,6 +28,9 @@ from npu_pipeline.emulator._instructions import WORDS, MalformedInstructions
 from npu_pipeline.errors import ContractError, DeviceError, DriverRuleError
 
 GEMM = load_contract("gemm_i8_i32")
+# The sources beside the contract: in a checkout, not in an installed wheel
+# (.ci/run installs non-editable; the wheel carries kernel.json only).
+CHECKOUT = load_contract(Path(__file__).resolve().parents[1] / "kernels/gemm_i8_i32/kernel.json")
 TILE16 = load_contract("tile16_legacy")
 KNOWN = (256, 64, 256)  # the smallest legal gemm_i8_i32 block on npu1: the known answer's
 BLOCK = (256, 128, 256)  # the block of examples/pyxrt_host_program.py
@@ -81,11 +84,11 @@ def test_the_makefile_writes_where_the_device_layer_looks():
         ("npu2", (256, 64, 512), (256, 128, 512)),
     ]:
         dry_run = subprocess.run(
-            ["make", "-n", "-C", str(Path(GEMM.source).parent), f"GEN={generation}",
+            ["make", "-n", "-C", str(Path(CHECKOUT.source).parent), f"GEN={generation}",
              "PEANO_INSTALL_DIR=/nowhere", "all"],
             capture_output=True, text=True, check=True,
         ).stdout  # fmt: skip
-        folder = GEMM.build_folder(generation)
+        folder = CHECKOUT.build_folder(generation)
         assert known == known_answer.block_of(GEMM, generation)
         for block in (known, example):
             assert f"--npu-insts-name={GEMM.instruction_file(block)}" in dry_run
@@ -156,6 +159,8 @@ def test_a_missing_build_file_names_itself_and_its_make_command(tmp_path, rng, m
     message = str(info.value)
     assert f"{folder / name} does not exist" in message
     kernel_dir = Path(GEMM.source).parent
+    if not (kernel_dir / "Makefile").is_file():  # an installed package: the checkout's folder
+        kernel_dir = "kernels/gemm_i8_i32"
     target = {
         "xclbin": "",
         "known": ' SHAPES="256x64x256" insts',
@@ -382,7 +387,7 @@ def test_design_calls_only_what_mlir_aie_v134_has():
     and the dynamic ObjectFIFO lowering on every Worker. Not a compile: a guard."""
     import ast
 
-    design = Path(GEMM.source).parent / "design.py"
+    design = Path(CHECKOUT.source).parent / "design.py"
     tree = ast.parse(design.read_text())
     imported = {
         node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
