@@ -6,11 +6,14 @@ architecture. The public names are re-exported here.
 
 from npu_pipeline.contract import KernelContract, available_contracts, load_contract
 from npu_pipeline.errors import (
+    AudioError,
     BufferHazardError,
     ContractError,
+    DependencyError,
     DeviceError,
     DriverRuleError,
     DTypeError,
+    ModelError,
     NpuPipelineError,
     OptionError,
     PipelineClosedError,
@@ -33,15 +36,18 @@ __version__ = "0.1.0"
 """The package version (PEP 440), the same string as ``version`` in pyproject.toml."""
 
 __all__ = [
+    "AudioError",
     "Batch",
     "BufferHazardError",
     "ContractError",
     "DTypeError",
+    "DependencyError",
     "DeviceError",
     "DeviceProfile",
     "DriverRuleError",
     "Estimate",
     "KernelContract",
+    "ModelError",
     "NpuPipelineError",
     "OptionError",
     "Pipeline",
