@@ -144,10 +144,15 @@ def detached(error: BaseException) -> BaseException:
     retry loops do) would keep device memory alive after it was freed.
     The message already names the batch, the request and the run state.
     """
+    # Both links of each exception: an error raised from one exception while
+    # another was being handled has a cause and a context that differ.
     seen: set[int] = set()
-    link: BaseException | None = error
-    while link is not None and id(link) not in seen:
+    pending: list[BaseException | None] = [error]
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen:
+            continue
         seen.add(id(link))
         link.__traceback__ = None
-        link = link.__cause__ or link.__context__
+        pending += [link.__cause__, link.__context__]
     return error

@@ -513,3 +513,27 @@ async def test_no_leaks_after_cancellation_and_close(rng):
             group.cancel_scope.cancel()
         assert pipe.slots_in_use == 0 and pipe.active_requests == 0
     assert_no_leaks()
+
+
+def test_a_detached_error_keeps_no_traceback_on_either_link():
+    """An error raised from one exception while handling another: both lose their
+    tracebacks (they pin worker frames, and with them slots and BOs)."""
+    from npu_pipeline.errors import detached
+
+    def raise_both():
+        try:
+            raise ValueError("cause")
+        except ValueError as error:
+            cause = error
+        try:
+            raise KeyError("handled")
+        except KeyError:
+            raise npp.DeviceError("failed") from cause
+
+    with pytest.raises(npp.DeviceError) as info:
+        raise_both()
+    error = detached(info.value)
+    assert error is info.value
+    assert isinstance(error.__cause__, ValueError) and isinstance(error.__context__, KeyError)
+    links = [error, error.__cause__, error.__context__]
+    assert [link.__traceback__ for link in links] == [None, None, None]
