@@ -84,7 +84,7 @@ class NpuDevice:
         self.contract, self.info = session.contract, info
         self._session = session
         self._lock = threading.Lock()
-        self._buffers = SlotBuffers(session, info.generation)
+        self._buffers = SlotBuffers(session)
         self._queue = CommandQueue(session, self._buffers, info.runs_in_flight)
         self._shapes: dict[tuple[int, int, int], RunShape] = {}  # legal block -> its sizes
         self._closed = False
@@ -214,8 +214,7 @@ class NpuDevice:
         npu = cls(session, info)
         try:
             known_answer.check(npu)
-            # The check is not a sample of its block's pace (a first run is cold).
-            npu._queue = CommandQueue(session, npu._buffers, info.runs_in_flight)
+            npu._queue.forget_pace()  # the check is not a sample of its block's pace
             session.plan_faults(planned, known_answer.KNOWN_ANSWER_RUNS)
         except BaseException as error:
             npu.close()

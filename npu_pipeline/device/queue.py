@@ -63,6 +63,11 @@ class CommandQueue:
         #: Hardware contexts recreated after a failure (for reports and tests).
         self.recoveries = 0
 
+    def forget_pace(self) -> None:
+        """Drop every block's measured pace (a cold first run is no sample of it)."""
+        self._pace.clear()
+        self._last_end = 0.0
+
     @property
     def head(self) -> Command | None:
         """The oldest command in flight (commands end in order on one context)."""

@@ -47,8 +47,8 @@ class SlotBuffers:
     Not locked: the device calls it with its lock held.
     """
 
-    def __init__(self, session: XrtSession, generation: str) -> None:
-        self._session, self._generation = session, generation
+    def __init__(self, session: XrtSession) -> None:
+        self._session = session
         self._contract = session.contract
         self._numbers = itertools.count()
         self._roots: dict[int, dict[str, Any]] = {}  # slot index -> root BO per buffer
